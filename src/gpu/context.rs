@@ -1,0 +1,173 @@
+//! Adapter choice and device creation.
+//!
+//! The device is created with the adapter's own limits (large storage bindings and
+//! workgroup counts matter for ResNet-50 activations) and with the optional features
+//! that help when present (timestamps, f16, subgroups); every kernel also has a path
+//! that needs none of them.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::kernel::Kernel;
+
+/// Which adapter to use: a name substring and/or a backend.
+#[derive(Clone, Debug, Default)]
+pub struct AdapterChoice {
+    /// Case-insensitive substring of the adapter name (`--adapter`).
+    pub name: Option<String>,
+    /// `vulkan`, `metal`, `dx12` or `gl` (`--backend`).
+    pub backend: Option<String>,
+}
+
+impl AdapterChoice {
+    /// Read `SPARK_WGPU_ADAPTER` and `SPARK_WGPU_BACKEND` (library use without a CLI).
+    pub fn from_env() -> Self {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self { name: get("SPARK_WGPU_ADAPTER"), backend: get("SPARK_WGPU_BACKEND") }
+    }
+
+    /// Fill unset fields from the environment.
+    pub fn or_env(self) -> Self {
+        let env = Self::from_env();
+        Self { name: self.name.or(env.name), backend: self.backend.or(env.backend) }
+    }
+
+    fn backends(&self) -> Result<wgpu::Backends> {
+        Ok(match self.backend.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None => wgpu::Backends::all(),
+            Some("vulkan") | Some("vk") => wgpu::Backends::VULKAN,
+            Some("metal") | Some("mtl") => wgpu::Backends::METAL,
+            Some("dx12") | Some("d3d12") => wgpu::Backends::DX12,
+            Some("gl") | Some("gles") | Some("opengl") => wgpu::Backends::GL,
+            Some(other) => bail!("unknown --backend {other:?}: expected vulkan, metal, dx12 or gl"),
+        })
+    }
+}
+
+/// Features used when the adapter offers them.
+const OPTIONAL_FEATURES: wgpu::Features = wgpu::Features::TIMESTAMP_QUERY
+    .union(wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS)
+    .union(wgpu::Features::SHADER_F16)
+    .union(wgpu::Features::SUBGROUP);
+
+const NO_ADAPTER_HELP: &str = "no GPU adapter found. On Linux without a GPU install Mesa's software \
+Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`); otherwise install your GPU's \
+Vulkan, Metal or DX12 driver. `spark-wgpu devices` lists what wgpu sees.";
+
+/// A device, its queue and what the adapter offers. Holds a per-context pipeline cache.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pub(crate) kernels: Mutex<HashMap<(String, String), Arc<Kernel>>>,
+    pub(crate) allocated_bytes: AtomicU64,
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = desc.backends & backends;
+    if desc.backends.is_empty() {
+        desc.backends = backends;
+    }
+    wgpu::Instance::new(desc)
+}
+
+/// What `spark-wgpu devices` prints for one adapter.
+pub struct AdapterReport {
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+}
+
+/// Every adapter wgpu can see on the chosen backends.
+pub fn list_adapters(choice: &AdapterChoice) -> Result<Vec<AdapterReport>> {
+    let inst = instance(choice.backends()?);
+    let adapters = pollster::block_on(inst.enumerate_adapters(choice.backends()?));
+    Ok(adapters
+        .into_iter()
+        .map(|a| AdapterReport { info: a.get_info(), limits: a.limits(), features: a.features() })
+        .collect())
+}
+
+impl GpuContext {
+    /// Open the adapter chosen by `choice` (unset fields: environment, then the default
+    /// high-performance adapter).
+    pub fn new(choice: &AdapterChoice) -> Result<Self> {
+        let choice = choice.clone().or_env();
+        let backends = choice.backends()?;
+        let inst = instance(backends);
+        let adapter = match &choice.name {
+            Some(want) => {
+                let all = pollster::block_on(inst.enumerate_adapters(backends));
+                let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+                all.into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&want.to_lowercase()))
+                    .ok_or_else(|| {
+                        if names.is_empty() {
+                            anyhow!(NO_ADAPTER_HELP)
+                        } else {
+                            anyhow!("no adapter name contains {want:?} (--adapter); adapters: {names:?}")
+                        }
+                    })?
+            }
+            None => pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            }))
+            .map_err(|e| anyhow!("{NO_ADAPTER_HELP} ({e})"))?,
+        };
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features() & OPTIONAL_FEATURES;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("spark-wgpu"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .with_context(|| format!("creating a device on adapter {:?}", info.name))?;
+        Ok(Self {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            kernels: Mutex::new(HashMap::new()),
+            allocated_bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// The default adapter (environment variables respected).
+    pub fn new_default() -> Result<Self> {
+        Self::new(&AdapterChoice::default())
+    }
+
+    /// One line naming the adapter: "llvmpipe (LLVM 15.0.7, 256 bits) (Vulkan, Cpu, driver ...)".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, {} {})",
+            self.info.name, self.info.backend, self.info.device_type, self.info.driver, self.info.driver_info
+        )
+    }
+
+    /// Bytes of every buffer created through this context so far.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Block until all submitted work is done.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
+        Ok(())
+    }
+}

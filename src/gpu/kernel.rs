@@ -1,0 +1,229 @@
+//! Kernels (one compute pipeline per WGSL entry point) and recorded dispatches.
+//!
+//! The bind-group layout is reflected from the WGSL with naga rather than taken from
+//! wgpu's automatic layout: the automatic layout drops bindings that an entry point
+//! does not use, so files with several entry points would need per-entry buffer lists.
+//! Convention: group 0; a `var<uniform>` (if any) is the parameter block; every
+//! storage binding is passed, in ascending binding order, as a `GpuTensor`.
+
+use anyhow::{Result, anyhow};
+use std::sync::Arc;
+use wgpu::util::DeviceExt;
+
+use super::{GpuContext, GpuTensor, shader_source};
+
+/// How one binding of group 0 is declared in WGSL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindingKind {
+    Uniform,
+    Storage { read_only: bool },
+}
+
+/// A compiled entry point with its reflected bindings.
+pub struct Kernel {
+    pub name: String,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    /// (binding index, kind), ascending.
+    pub bindings: Vec<(u32, BindingKind)>,
+    pub workgroup_size: [u32; 3],
+}
+
+/// Bindings of group 0 and the workgroup size of `entry`, read from the WGSL source.
+pub fn reflect(source: &str, entry: &str) -> Result<(Vec<(u32, BindingKind)>, [u32; 3])> {
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| anyhow!("{}", e.emit_to_string(source)))?;
+    let mut bindings = vec![];
+    for (_, var) in module.global_variables.iter() {
+        let Some(rb) = &var.binding else { continue };
+        if rb.group != 0 {
+            return Err(anyhow!("only bind group 0 is supported (found group {})", rb.group));
+        }
+        let kind = match var.space {
+            naga::AddressSpace::Uniform => BindingKind::Uniform,
+            naga::AddressSpace::Storage { access } => {
+                BindingKind::Storage { read_only: !access.contains(naga::StorageAccess::STORE) }
+            }
+            other => return Err(anyhow!("unsupported address space {other:?}")),
+        };
+        bindings.push((rb.binding, kind));
+    }
+    bindings.sort_by_key(|b| b.0);
+    let ep = module
+        .entry_points
+        .iter()
+        .find(|e| e.name == entry)
+        .ok_or_else(|| anyhow!("no entry point {entry:?}"))?;
+    Ok((bindings, ep.workgroup_size))
+}
+
+impl GpuContext {
+    /// The kernel `entry` of `shaders/<file>.wgsl` (compiled once per context).
+    pub fn kernel_entry(&self, file: &str, entry: &str) -> Result<Arc<Kernel>> {
+        let key = (file.to_string(), entry.to_string());
+        if let Some(k) = self.kernels.lock().unwrap().get(&key) {
+            return Ok(k.clone());
+        }
+        let source = shader_source(file).ok_or_else(|| anyhow!("no shader shaders/{file}.wgsl"))?;
+        let (bindings, workgroup_size) = reflect(source, entry).map_err(|e| anyhow!("shaders/{file}.wgsl: {e}"))?;
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+            .iter()
+            .map(|&(binding, kind)| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match kind {
+                        BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
+                        BindingKind::Storage { read_only } => wgpu::BufferBindingType::Storage { read_only },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let label = format!("{file}::{entry}");
+        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(&label),
+            entries: &entries,
+        });
+        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(&label),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(file),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let k = Arc::new(Kernel { name: label, pipeline, layout, bindings, workgroup_size });
+        self.kernels.lock().unwrap().insert(key, k.clone());
+        Ok(k)
+    }
+
+    /// The kernel `main` of `shaders/<file>.wgsl`.
+    pub fn kernel(&self, file: &str) -> Result<Arc<Kernel>> {
+        self.kernel_entry(file, "main")
+    }
+
+    /// Workgroup counts covering `n` workgroups within `max_compute_workgroups_per_dimension`:
+    /// (n,1,1) when it fits, else split over y. Kernels index with
+    /// `gid.x + gid.y * nwg.x * WG_X` and bounds-check against their element count.
+    pub fn grid_for(&self, n: u64) -> [u32; 3] {
+        let max = self.limits.max_compute_workgroups_per_dimension as u64;
+        let n = n.max(1);
+        if n <= max {
+            [n as u32, 1, 1]
+        } else {
+            let y = n.div_ceil(max);
+            assert!(y <= max, "dispatch of {n} workgroups exceeds the adapter's grid");
+            [max as u32, y as u32, 1]
+        }
+    }
+
+    /// Record `kernel` over `invocations` threads along x (split per the adapter limits).
+    /// `params` fills the uniform binding (ignored when the kernel has none); `tensors`
+    /// fill the storage bindings in ascending order.
+    pub fn dispatch<P: bytemuck::Pod>(
+        &self,
+        kernel: &Arc<Kernel>,
+        params: &P,
+        tensors: &[&GpuTensor],
+        invocations: u64,
+    ) -> Dispatch {
+        let groups = self.grid_for(invocations.div_ceil(kernel.workgroup_size[0] as u64));
+        self.dispatch_groups(kernel, params, tensors, groups)
+    }
+
+    /// Record `kernel` with an explicit workgroup grid.
+    pub fn dispatch_groups<P: bytemuck::Pod>(
+        &self,
+        kernel: &Arc<Kernel>,
+        params: &P,
+        tensors: &[&GpuTensor],
+        groups: [u32; 3],
+    ) -> Dispatch {
+        let mut bytes = bytemuck::bytes_of(params).to_vec();
+        bytes.resize(bytes.len().next_multiple_of(16).max(16), 0);
+        let uniform = kernel.bindings.iter().any(|b| b.1 == BindingKind::Uniform).then(|| {
+            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+        });
+        let storage: Vec<_> = kernel.bindings.iter().filter(|b| b.1 != BindingKind::Uniform).collect();
+        assert_eq!(
+            storage.len(),
+            tensors.len(),
+            "{}: {} storage bindings, {} tensors given",
+            kernel.name,
+            storage.len(),
+            tensors.len()
+        );
+        let align = self.limits.min_storage_buffer_offset_alignment as u64;
+        let mut entries = vec![];
+        let mut it = tensors.iter();
+        for &(binding, kind) in &kernel.bindings {
+            let resource = match kind {
+                BindingKind::Uniform => uniform.as_ref().unwrap().as_entire_binding(),
+                BindingKind::Storage { .. } => {
+                    let t = it.next().unwrap();
+                    assert!(t.offset % align == 0, "{}: binding {binding} offset {} not aligned to {align}", kernel.name, t.offset);
+                    t.binding()
+                }
+            };
+            entries.push(wgpu::BindGroupEntry { binding, resource });
+        }
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&kernel.name),
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        Dispatch { kernel: kernel.clone(), bind_group, groups }
+    }
+
+    /// Encode `dispatches` in order into one compute pass and submit (no wait).
+    /// wgpu inserts the barriers between dispatches that touch the same buffer.
+    pub fn submit(&self, dispatches: &[Dispatch]) {
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        Dispatch::encode_all(dispatches, &mut enc);
+        self.queue.submit([enc.finish()]);
+    }
+
+    /// Submit and wait (tests, one-off work).
+    pub fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
+        self.submit(dispatches);
+        self.wait()
+    }
+}
+
+/// One recorded kernel launch: pipeline, bind group (buffers fixed at build time) and
+/// grid. Replaying a list of these is a training step.
+pub struct Dispatch {
+    pub kernel: Arc<Kernel>,
+    pub bind_group: wgpu::BindGroup,
+    pub groups: [u32; 3],
+}
+
+impl Dispatch {
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.kernel.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
+    }
+
+    pub fn encode_all(dispatches: &[Dispatch], enc: &mut wgpu::CommandEncoder) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        for d in dispatches {
+            d.encode(&mut pass);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Adapter/device selection, tensors on the GPU, kernels and recorded dispatches.
+
+mod context;
+mod kernel;
+mod shaders;
+mod tensor;
+
+pub use context::{AdapterChoice, GpuContext, list_adapters, AdapterReport};
+pub use kernel::{Dispatch, Kernel, BindingKind};
+pub use shaders::{shader_source, SHADERS};
+pub use tensor::GpuTensor;
