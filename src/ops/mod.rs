@@ -1,1 +1,2 @@
 pub mod fill;
+pub mod reduce;

@@ -1,0 +1,77 @@
+//! Helpers shared by the op tests: seeded random data, tolerance checks and central
+//! finite differences in f64 (for checking CPU backward references).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Uniform values in [-1, 1), reproducible from `seed`.
+pub fn random_vec(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// A random patch mask with `visible` of the `f*f` patches of each image visible
+/// (at least one), as a flat `[B, f, f]` u8 vector.
+pub fn random_patch_mask(seed: u64, batch: usize, fh: usize, fw: usize, visible_ratio: f64) -> crate::sparse::PatchMask {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let per = fh * fw;
+    let keep = ((per as f64 * visible_ratio).round() as usize).clamp(1, per);
+    let mut v = vec![0u8; batch * per];
+    for b in 0..batch {
+        let mut idx: Vec<usize> = (0..per).collect();
+        for i in 0..keep {
+            let j = rng.random_range(i..per);
+            idx.swap(i, j);
+            v[b * per + idx[i]] = 1;
+        }
+    }
+    crate::sparse::PatchMask::new(batch, fh, fw, v)
+}
+
+/// Largest |a - b| divided by the largest |b| (or 1 when b is all zero).
+pub fn max_rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let scale = b.iter().fold(0f64, |m, &x| m.max(x.abs() as f64));
+    let diff = a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()));
+    if scale == 0.0 { diff } else { diff / scale }
+}
+
+/// Panic with the worst element when `max_rel_err(got, want) > tol`.
+#[track_caller]
+pub fn assert_close(got: &[f32], want: &[f32], tol: f64, what: &str) {
+    let err = max_rel_err(got, want);
+    if err > tol || err.is_nan() {
+        let (i, _) = got
+            .iter()
+            .zip(want)
+            .enumerate()
+            .map(|(i, (a, b))| (i, (a - b).abs()))
+            .fold((0, -1.0f32), |m, x| if x.1 > m.1 { x } else { m });
+        panic!("{what}: relative error {err:.3e} > {tol:.1e}; worst at {i}: got {} want {}", got[i], want[i]);
+    }
+}
+
+/// Central finite differences of a scalar function in f64: `d f / d x_i`.
+pub fn numeric_grad(f: impl Fn(&[f64]) -> f64, x: &[f64], eps: f64) -> Vec<f64> {
+    let mut xs = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let orig = xs[i];
+            xs[i] = orig + eps;
+            let up = f(&xs);
+            xs[i] = orig - eps;
+            let down = f(&xs);
+            xs[i] = orig;
+            (up - down) / (2.0 * eps)
+        })
+        .collect()
+}
+
+/// Compare an analytic gradient with `numeric_grad` (relative to the largest magnitude).
+#[track_caller]
+pub fn assert_grad_matches(analytic: &[f64], numeric: &[f64], tol: f64, what: &str) {
+    let scale = numeric.iter().fold(1e-12f64, |m, x| m.max(x.abs()));
+    for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
+        assert!((a - n).abs() / scale <= tol, "{what}: gradient {i}: analytic {a} vs finite difference {n}");
+    }
+}
