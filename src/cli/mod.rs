@@ -1,0 +1,50 @@
+//! Subcommands: `devices`, `parity`, `pretrain`, `reconstruct`, `bench`, `export`.
+
+mod devices;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::gpu::{AdapterChoice, GpuContext};
+
+#[derive(Parser, Debug)]
+#[command(name = "spark-wgpu", version, about = "SparK masked pre-training of CNNs on any GPU wgpu reaches")]
+pub struct Cli {
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Adapter selection, shared by every subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct GpuArgs {
+    /// Use the first adapter whose name contains this (case-insensitive); env SPARK_WGPU_ADAPTER.
+    #[arg(long, global = true)]
+    pub adapter: Option<String>,
+    /// vulkan, metal, dx12 or gl; env SPARK_WGPU_BACKEND.
+    #[arg(long, global = true)]
+    pub backend: Option<String>,
+}
+
+impl GpuArgs {
+    pub fn choice(&self) -> AdapterChoice {
+        AdapterChoice { name: self.adapter.clone(), backend: self.backend.clone() }
+    }
+
+    pub fn open(&self) -> Result<GpuContext> {
+        GpuContext::new(&self.choice())
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List every adapter wgpu can see, with the limits and features that matter here.
+    Devices,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Devices => devices::run(&cli.gpu),
+    }
+}

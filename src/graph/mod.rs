@@ -1,0 +1,311 @@
+//! The static graph: every tensor, map and dispatch of a training step, built once for
+//! (model, batch size, input size) and replayed every step.
+//!
+//! Shapes are static because every image keeps the same number of visible patches, so
+//! each stage's row count is fixed; only the *contents* of the active sets change per
+//! step. The host computes the row lists and neighbour maps of the step's mask
+//! (`set_mask`) and writes them into buffers of fixed size; the dispatches themselves
+//! never change.
+//!
+//! Autodiff is a tape: every forward op records its dispatches and pushes a closure that
+//! records its backward dispatches. `build_backward` runs the closures in reverse.
+//! Input gradients use "first writer overwrites, later writers add" (`accumulate`), so no
+//! gradient buffer needs clearing and fan-in sums in a fixed order.
+
+pub mod nodes;
+pub mod params;
+
+use anyhow::Result;
+
+use crate::gpu::{Dispatch, GpuContext, GpuTensor};
+use crate::sparse::{ActiveSet, PatchMask, Window, conv_map, inverse_map, transposed_conv_map};
+pub use params::{Kind, ParamId, ParamRegistry, ParamSpec, ParamStore};
+
+/// A stage resolution: sparse (visible sites of the step's mask) or dense (every site).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SetId(pub usize);
+
+pub struct StageSet {
+    pub h: usize,
+    pub w: usize,
+    pub sparse: bool,
+    pub rows: usize,
+    /// i32 `[B*h*w]`: row of each site or -1.
+    pub row_of: GpuTensor,
+    /// i32 `[rows]`: site index `(b*h+y)*w+x` of each row.
+    pub site_of_row: GpuTensor,
+    /// The host copy for the current mask.
+    pub active: ActiveSet,
+}
+
+struct MapEntry {
+    from: SetId,
+    to: SetId,
+    win: Window,
+    transposed: bool,
+    map: GpuTensor,
+    inv: GpuTensor,
+}
+
+/// A tensor of the graph: `[rows of its set, c]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Var(pub usize);
+
+struct VarInfo {
+    t: GpuTensor,
+    set: SetId,
+    c: usize,
+    needs_grad: bool,
+    grad: Option<GpuTensor>,
+    grad_written: bool,
+}
+
+type BackwardFn = Box<dyn FnOnce(&mut Graph) -> Result<()>>;
+
+pub struct Graph<'c> {
+    pub ctx: &'c GpuContext,
+    pub batch: usize,
+    /// Patch grid of the input.
+    pub fh: usize,
+    pub fw: usize,
+    pub visible_per_image: usize,
+    pub params: ParamStore,
+    pub train: bool,
+    sets: Vec<StageSet>,
+    maps: Vec<MapEntry>,
+    vars: Vec<VarInfo>,
+    pub forward: Vec<Dispatch>,
+    tape: Vec<BackwardFn>,
+    pub backward: Vec<Dispatch>,
+    /// BatchNorm counters incremented by each training forward.
+    bn_counters: Vec<ParamId>,
+}
+
+impl<'c> Graph<'c> {
+    pub fn new(
+        ctx: &'c GpuContext,
+        params: ParamStore,
+        batch: usize,
+        fh: usize,
+        fw: usize,
+        visible_per_image: usize,
+        train: bool,
+    ) -> Self {
+        Self {
+            ctx,
+            batch,
+            fh,
+            fw,
+            visible_per_image,
+            params,
+            train,
+            sets: vec![],
+            maps: vec![],
+            vars: vec![],
+            forward: vec![],
+            tape: vec![],
+            backward: vec![],
+            bn_counters: vec![],
+        }
+    }
+
+    /// The set of an `h × w` stage (created on first use).
+    pub fn set(&mut self, h: usize, w: usize, sparse: bool) -> SetId {
+        if let Some(i) = self.sets.iter().position(|s| s.h == h && s.w == w && s.sparse == sparse) {
+            return SetId(i);
+        }
+        let sites = self.batch * h * w;
+        let active = if sparse {
+            // Placeholder until the first mask: the first `visible_per_image` patches.
+            let per = self.fh * self.fw;
+            let v = (0..self.batch * per).map(|i| (i % per < self.visible_per_image) as u8).collect();
+            ActiveSet::from_patch_mask(&PatchMask::new(self.batch, self.fh, self.fw, v), h, w)
+        } else {
+            ActiveSet::dense(self.batch, h, w)
+        };
+        let rows = active.rows();
+        let site_of_row: Vec<i32> =
+            active.sites.iter().map(|&[b, y, x]| ((b as usize * h + y as usize) * w + x as usize) as i32).collect();
+        let set = StageSet {
+            h,
+            w,
+            sparse,
+            rows,
+            row_of: self.ctx.upload(&active.row_of),
+            site_of_row: self.ctx.upload(&site_of_row),
+            active,
+        };
+        assert_eq!(set.row_of.len, sites);
+        self.sets.push(set);
+        SetId(self.sets.len() - 1)
+    }
+
+    pub fn stage(&self, s: SetId) -> &StageSet {
+        &self.sets[s.0]
+    }
+
+    /// Gather maps `(map, inverse)` from `from` to `to` (created on first use).
+    pub fn maps(&mut self, from: SetId, to: SetId, win: Window, transposed: bool) -> (GpuTensor, GpuTensor) {
+        if let Some(m) =
+            self.maps.iter().find(|m| m.from == from && m.to == to && m.win == win && m.transposed == transposed)
+        {
+            return (m.map.clone(), m.inv.clone());
+        }
+        let (map, inv) = Self::compute_maps(&self.sets[from.0].active, &self.sets[to.0].active, win, transposed);
+        let entry = MapEntry {
+            from,
+            to,
+            win,
+            transposed,
+            map: self.ctx.upload(&map.map),
+            inv: self.ctx.upload(&inv.map),
+        };
+        let out = (entry.map.clone(), entry.inv.clone());
+        self.maps.push(entry);
+        out
+    }
+
+    fn compute_maps(
+        from: &ActiveSet,
+        to: &ActiveSet,
+        win: Window,
+        transposed: bool,
+    ) -> (crate::sparse::NeighbourMap, crate::sparse::NeighbourMap) {
+        let map = if transposed { transposed_conv_map(from, to, win) } else { conv_map(from, to, win) };
+        let inv = inverse_map(&map, from.rows());
+        (map, inv)
+    }
+
+    /// Point every sparse set and map at a new patch mask (host work + buffer writes,
+    /// no new dispatches). Every image must show `visible_per_image` patches.
+    pub fn set_mask(&mut self, mask: &PatchMask) -> Result<()> {
+        anyhow::ensure!(
+            mask.batch == self.batch && mask.fh == self.fh && mask.fw == self.fw,
+            "mask is [{}, {}, {}], the graph was built for [{}, {}, {}]",
+            mask.batch,
+            mask.fh,
+            mask.fw,
+            self.batch,
+            self.fh,
+            self.fw
+        );
+        for b in 0..mask.batch {
+            let n = mask.visible[b * mask.fh * mask.fw..(b + 1) * mask.fh * mask.fw].iter().filter(|&&v| v != 0).count();
+            anyhow::ensure!(
+                n == self.visible_per_image,
+                "image {b} of the mask shows {n} patches; the graph was built for exactly {} per image",
+                self.visible_per_image
+            );
+        }
+        for s in self.sets.iter_mut().filter(|s| s.sparse) {
+            s.active = ActiveSet::from_patch_mask(mask, s.h, s.w);
+            let (h, w) = (s.h, s.w);
+            let site_of_row: Vec<i32> =
+                s.active.sites.iter().map(|&[b, y, x]| ((b as usize * h + y as usize) * w + x as usize) as i32).collect();
+            self.ctx.write(&s.row_of, &s.active.row_of);
+            self.ctx.write(&s.site_of_row, &site_of_row);
+        }
+        for m in &self.maps {
+            if self.sets[m.from.0].sparse || self.sets[m.to.0].sparse {
+                let (map, inv) =
+                    Self::compute_maps(&self.sets[m.from.0].active, &self.sets[m.to.0].active, m.win, m.transposed);
+                self.ctx.write(&m.map, &map.map);
+                self.ctx.write(&m.inv, &inv.map);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- variables -------------------------------------------------------------------
+
+    fn push_var(&mut self, set: SetId, c: usize, needs_grad: bool) -> Var {
+        let rows = self.sets[set.0].rows;
+        let t = self.ctx.zeros(rows * c);
+        self.vars.push(VarInfo { t, set, c, needs_grad, grad: None, grad_written: false });
+        Var(self.vars.len() - 1)
+    }
+
+    /// A leaf written by the host each step (no gradient).
+    pub fn input(&mut self, set: SetId, c: usize) -> Var {
+        self.push_var(set, c, false)
+    }
+
+    pub fn tensor(&self, v: Var) -> &GpuTensor {
+        &self.vars[v.0].t
+    }
+
+    pub fn channels(&self, v: Var) -> usize {
+        self.vars[v.0].c
+    }
+
+    pub fn set_of(&self, v: Var) -> SetId {
+        self.vars[v.0].set
+    }
+
+    pub fn rows(&self, v: Var) -> usize {
+        self.sets[self.vars[v.0].set.0].rows
+    }
+
+    pub fn grad_tensor(&self, v: Var) -> Option<&GpuTensor> {
+        self.vars[v.0].grad.as_ref()
+    }
+
+    // ---- tape ------------------------------------------------------------------------
+
+    fn on_backward(&mut self, f: impl FnOnce(&mut Graph) -> Result<()> + 'static) {
+        if self.train {
+            self.tape.push(Box::new(f));
+        }
+    }
+
+    /// The gradient of an op's output (None when nothing downstream needed it).
+    fn grad_out(&self, v: Var) -> Option<GpuTensor> {
+        let info = &self.vars[v.0];
+        info.grad_written.then(|| info.grad.clone().unwrap())
+    }
+
+    /// The gradient buffer an op writes for its input `v`, and whether to add into it.
+    /// None when `v` needs no gradient.
+    fn grad_in(&mut self, v: Var) -> Option<(GpuTensor, bool)> {
+        let rows = self.rows(v);
+        let info = &mut self.vars[v.0];
+        if !info.needs_grad {
+            return None;
+        }
+        if info.grad.is_none() {
+            info.grad = Some(self.ctx.zeros(rows * info.c));
+        }
+        let acc = info.grad_written;
+        info.grad_written = true;
+        Some((info.grad.clone().unwrap(), acc))
+    }
+
+    /// Seed the gradient of `v` with an existing tensor (the loss kernel's output).
+    pub fn seed_grad(&mut self, v: Var, g: GpuTensor) {
+        let info = &mut self.vars[v.0];
+        info.grad = Some(g);
+        info.grad_written = true;
+    }
+
+    /// Record the backward pass (once, after the forward graph and the loss).
+    pub fn build_backward(&mut self) -> Result<()> {
+        let tape = std::mem::take(&mut self.tape);
+        for f in tape.into_iter().rev() {
+            f(self)?;
+        }
+        Ok(())
+    }
+
+    /// Count one training forward on every BatchNorm's `num_batches_tracked`.
+    pub fn count_bn_forward(&mut self) {
+        for &p in &self.bn_counters {
+            self.params.counters[p.0] += 1;
+        }
+    }
+
+    /// Bytes of every buffer created through the context (parameters, activations,
+    /// gradients, maps, scratch).
+    pub fn gpu_memory_bytes(&self) -> u64 {
+        self.ctx.allocated_bytes()
+    }
+}

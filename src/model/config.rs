@@ -1,0 +1,115 @@
+//! Model configuration: encoder architecture, presets, SparK settings.
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "lowercase")]
+pub enum EncoderConfig {
+    /// timm ResNet (default 7×7 stem of width 64, 3×3/2 max-pool).
+    Resnet { bottleneck: bool, layers: Vec<usize>, channels: Vec<usize> },
+    /// Official ConvNeXt.
+    Convnext { depths: Vec<usize>, dims: Vec<usize> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DensifyNorm {
+    Bn,
+    Ln,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SparkConfig {
+    pub encoder: EncoderConfig,
+    pub input_size: usize,
+    pub dec_width: usize,
+    pub densify_norm: DensifyNorm,
+    pub mask_ratio: f64,
+}
+
+/// SparK's input patch (the encoder's downsample ratio).
+pub const PATCH: usize = 32;
+
+impl EncoderConfig {
+    /// A named preset: resnet18/34/50/101/152/200, convnext_tiny/small/base/large, and
+    /// the tiny test models resnet_tiny / convnext_pico.
+    pub fn preset(name: &str) -> Result<Self> {
+        let r = |bottleneck, layers: &[usize]| EncoderConfig::Resnet {
+            bottleneck,
+            layers: layers.to_vec(),
+            channels: vec![64, 128, 256, 512],
+        };
+        let c = |depths: &[usize], dims: &[usize]| EncoderConfig::Convnext { depths: depths.to_vec(), dims: dims.to_vec() };
+        Ok(match name {
+            "resnet18" => r(false, &[2, 2, 2, 2]),
+            "resnet34" => r(false, &[3, 4, 6, 3]),
+            "resnet50" => r(true, &[3, 4, 6, 3]),
+            "resnet101" => r(true, &[3, 4, 23, 3]),
+            "resnet152" => r(true, &[3, 8, 36, 3]),
+            "resnet200" => r(true, &[3, 24, 36, 3]),
+            "resnet_tiny" => EncoderConfig::Resnet { bottleneck: false, layers: vec![1, 1, 1, 1], channels: vec![8, 16, 32, 64] },
+            "convnext_tiny" => c(&[3, 3, 9, 3], &[96, 192, 384, 768]),
+            "convnext_small" => c(&[3, 3, 27, 3], &[96, 192, 384, 768]),
+            "convnext_base" => c(&[3, 3, 27, 3], &[128, 256, 512, 1024]),
+            "convnext_large" => c(&[3, 3, 27, 3], &[192, 384, 768, 1536]),
+            "convnext_pico" => c(&[1, 1, 1, 1], &[16, 32, 64, 128]),
+            _ => bail!(
+                "unknown --model {name:?}: choose resnet18, resnet34, resnet50, resnet101, resnet152, resnet200, \
+                 convnext_tiny, convnext_small, convnext_base, convnext_large (or the test models resnet_tiny, convnext_pico)"
+            ),
+        })
+    }
+
+    /// Widths of the four feature maps (strides 4, 8, 16, 32).
+    pub fn feature_widths(&self) -> Vec<usize> {
+        match self {
+            EncoderConfig::Resnet { bottleneck, channels, .. } => {
+                channels.iter().map(|c| c * if *bottleneck { 4 } else { 1 }).collect()
+            }
+            EncoderConfig::Convnext { dims, .. } => dims.clone(),
+        }
+    }
+
+    /// The official densify norm of the family.
+    pub fn default_densify_norm(&self) -> DensifyNorm {
+        match self {
+            EncoderConfig::Resnet { .. } => DensifyNorm::Bn,
+            EncoderConfig::Convnext { .. } => DensifyNorm::Ln,
+        }
+    }
+
+    /// LAMB β2 of the official recipe (0.95 for ResNet, 0.999 for ConvNeXt).
+    pub fn default_beta2(&self) -> f64 {
+        match self {
+            EncoderConfig::Resnet { .. } => 0.95,
+            EncoderConfig::Convnext { .. } => 0.999,
+        }
+    }
+}
+
+impl SparkConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.input_size == 0 || self.input_size % PATCH != 0 {
+            bail!("--input-size {} must be a positive multiple of {PATCH}", self.input_size);
+        }
+        if !(0.0..1.0).contains(&self.mask_ratio) {
+            bail!("--mask-ratio {} must be in [0, 1)", self.mask_ratio);
+        }
+        if self.dec_width < 32 || self.dec_width % 32 != 0 {
+            bail!("--dec-width {} must be a multiple of 32 (the decoder halves it five times)", self.dec_width);
+        }
+        Ok(())
+    }
+
+    /// Patches per side.
+    pub fn grid(&self) -> usize {
+        self.input_size / PATCH
+    }
+
+    /// Visible patches per image: round(f·f·(1 − mask_ratio)), as the official mask.
+    pub fn visible_per_image(&self) -> usize {
+        let f = self.grid();
+        ((f * f) as f64 * (1.0 - self.mask_ratio)).round() as usize
+    }
+}

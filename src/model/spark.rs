@@ -1,0 +1,305 @@
+//! The SparK wrapper: sparse encoder → densify (norm, mask token, projection) →
+//! LightDecoder → masked-patch loss, as one static graph with its backward pass and
+//! the LAMB update.
+
+use anyhow::{Context as _, Result};
+
+use super::config::{DensifyNorm, EncoderConfig, PATCH, SparkConfig};
+use super::convnext::{ConvNeXt, LN_EPS};
+use super::decoder::LightDecoder;
+use super::resnet::ResNet;
+use super::{declare_bn, declare_conv};
+use crate::gpu::{Dispatch, GpuContext, GpuTensor};
+use crate::graph::nodes::{BnIds, ConvIds};
+use crate::graph::{Graph, Kind, ParamId, ParamRegistry, ParamStore, Var};
+use crate::ops::loss::masked_patch_loss;
+use crate::optim::lamb::{Lamb, LambConfig, ParamSegment, no_weight_decay};
+use crate::sparse::{PatchMask, Window};
+
+enum Encoder {
+    Resnet(ResNet),
+    Convnext(ConvNeXt),
+}
+
+enum DensifyNormIds {
+    Bn(BnIds),
+    Ln(ParamId, ParamId),
+}
+
+struct Densify {
+    norm: DensifyNormIds,
+    token: ParamId,
+    /// None: identity (encoder width equals decoder width at the smallest map).
+    proj: Option<(ConvIds, usize /*k*/)>,
+    dec_width: usize,
+}
+
+/// A built SparK training (or evaluation) graph.
+pub struct SparkModel<'c> {
+    pub cfg: SparkConfig,
+    pub batch: usize,
+    pub graph: Graph<'c>,
+    /// Visible input pixels `[rows, 3]` (written per step).
+    pixels: Var,
+    /// The unmasked image `[B, H, W, 3]` (the loss target, written per step).
+    image: GpuTensor,
+    /// u32 `[B·f·f]`, 1 = visible (written per step).
+    visible: GpuTensor,
+    pub loss: GpuTensor,
+    pub per_patch_loss: GpuTensor,
+    /// Encoder feature maps (strides 4, 8, 16, 32), sparse rows.
+    pub features: Vec<Var>,
+    /// Reconstruction `[B, H, W, 3]`.
+    pub rec: Var,
+    pub optimizer: Option<Lamb>,
+    mask: Option<PatchMask>,
+}
+
+fn declare(reg: &mut ParamRegistry, cfg: &SparkConfig) -> (Encoder, Vec<Densify>, LightDecoder) {
+    let encoder = match &cfg.encoder {
+        EncoderConfig::Resnet { bottleneck, layers, channels } => {
+            Encoder::Resnet(ResNet::declare(reg, *bottleneck, layers, channels))
+        }
+        EncoderConfig::Convnext { depths, dims } => Encoder::Convnext(ConvNeXt::declare(reg, depths, dims)),
+    };
+    let decoder = LightDecoder::declare(reg, cfg.dec_width);
+    let widths = cfg.encoder.feature_widths();
+    let mut densify = vec![];
+    let mut d = cfg.dec_width;
+    for i in 0..widths.len() {
+        let e = widths[widths.len() - 1 - i];
+        let token = reg.trainable(format!("mask_tokens.{i}"), &[1, e, 1, 1]);
+        let norm = match cfg.densify_norm {
+            DensifyNorm::Bn => DensifyNormIds::Bn(declare_bn(reg, &format!("densify_norms.{i}"), e)),
+            DensifyNorm::Ln => DensifyNormIds::Ln(
+                reg.trainable(format!("densify_norms.{i}.weight"), &[e]),
+                reg.trainable(format!("densify_norms.{i}.bias"), &[e]),
+            ),
+        };
+        let proj = if i == 0 && e == d {
+            None
+        } else {
+            let k = if i == 0 { 1 } else { 3 };
+            Some((declare_conv(reg, &format!("densify_projs.{i}"), e, d, k, true, false), k))
+        };
+        densify.push(Densify { norm, token, proj, dec_width: d });
+        d /= 2;
+    }
+    (encoder, densify, decoder)
+}
+
+/// The parameter layout of a configuration (names, shapes, kinds) without a GPU.
+pub fn parameter_specs(cfg: &SparkConfig) -> Vec<crate::graph::ParamSpec> {
+    let mut reg = ParamRegistry::default();
+    declare(&mut reg, cfg);
+    reg.specs
+}
+
+impl<'c> SparkModel<'c> {
+    /// Build the graph for `batch` images. `optimizer`: None for evaluation graphs
+    /// (BatchNorm then uses running statistics and no backward is recorded).
+    pub fn build(ctx: &'c GpuContext, cfg: SparkConfig, batch: usize, optimizer: Option<LambConfig>) -> Result<Self> {
+        cfg.validate()?;
+        let train = optimizer.is_some();
+        let mut reg = ParamRegistry::default();
+        let (encoder, densify, decoder) = declare(&mut reg, &cfg);
+        let store = ParamStore::allocate(ctx, reg);
+        let f = cfg.grid();
+        let mut g = Graph::new(ctx, store, batch, f, f, cfg.visible_per_image(), train);
+        let size = cfg.input_size;
+        let input_set = g.set(size, size, true);
+        let pixels = g.input(input_set, 3);
+        let features = match &encoder {
+            Encoder::Resnet(r) => r.forward(&mut g, pixels, size)?,
+            Encoder::Convnext(c) => c.forward(&mut g, pixels, size)?,
+        };
+        let mut to_dec = vec![];
+        for (i, d) in densify.iter().enumerate() {
+            let x = features[features.len() - 1 - i];
+            let x = match d.norm {
+                DensifyNormIds::Bn(bn) => g.batchnorm(x, bn)?,
+                DensifyNormIds::Ln(w, b) => g.layernorm(x, w, b, LN_EPS)?,
+            };
+            let x = g.fill_masked(x, d.token)?;
+            let x = match d.proj {
+                Some((conv, k)) => {
+                    let set = g.set_of(x);
+                    g.conv(x, set, conv, d.dec_width, Window::new(k, 1, k / 2), false)?
+                }
+                None => x,
+            };
+            to_dec.push(x);
+        }
+        let rec = decoder.forward(&mut g, &to_dec)?;
+        let image = ctx.zeros(batch * size * size * 3);
+        let visible = ctx.zeros(batch * f * f);
+        let loss = ctx.zeros(1);
+        let per_patch_loss = ctx.zeros(batch * f * f);
+        let d_rec = ctx.zeros(batch * size * size * 3);
+        let rec_t = g.tensor(rec).clone();
+        let d = masked_patch_loss(ctx, &image, &rec_t, &visible, &loss, &per_patch_loss, &d_rec, batch, size, size, PATCH)?;
+        g.forward.extend(d);
+        let optimizer = match optimizer {
+            Some(lamb_cfg) => {
+                g.seed_grad(rec, d_rec);
+                g.build_backward()?;
+                let segments = g
+                    .params
+                    .ids()
+                    .filter(|&p| g.params.spec(p).kind == Kind::Trainable)
+                    .map(|p| {
+                        let s = g.params.spec(p);
+                        ParamSegment {
+                            name: s.name.clone(),
+                            offset: g.params.offset(p),
+                            len: s.numel(),
+                            weight_decay: !no_weight_decay(&s.name, &s.shape),
+                        }
+                    })
+                    .collect();
+                Some(Lamb::new(ctx, &g.params.flat, &g.params.grads, segments, lamb_cfg)?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            cfg,
+            batch,
+            graph: g,
+            pixels,
+            image,
+            visible,
+            loss,
+            per_patch_loss,
+            features,
+            rec,
+            optimizer,
+            mask: None,
+        })
+    }
+
+    pub fn ctx(&self) -> &'c GpuContext {
+        self.graph.ctx
+    }
+
+    /// Write one step's inputs: normalised images `[B, H, W, 3]` and the patch mask.
+    pub fn set_batch(&mut self, images_bhwc: &[f32], mask: &PatchMask) -> Result<()> {
+        let s = self.cfg.input_size;
+        anyhow::ensure!(
+            images_bhwc.len() == self.batch * s * s * 3,
+            "batch of {} values, expected [{}, {s}, {s}, 3]",
+            images_bhwc.len(),
+            self.batch
+        );
+        self.graph.set_mask(mask).context("setting the patch mask")?;
+        let input_set = self.graph.set_of(self.pixels);
+        let rows = self.graph.stage(input_set).active.gather(images_bhwc, 3);
+        let ctx = self.graph.ctx;
+        ctx.write(self.graph.tensor(self.pixels), &rows);
+        ctx.write(&self.image, images_bhwc);
+        let vis: Vec<u32> = mask.visible.iter().map(|&v| (v != 0) as u32).collect();
+        ctx.write(&self.visible, &vis);
+        self.mask = Some(mask.clone());
+        Ok(())
+    }
+
+    /// The dispatches of forward, loss and backward, in order.
+    pub fn forward_backward(&self) -> impl Iterator<Item = &Dispatch> {
+        self.graph.forward.iter().chain(self.graph.backward.iter())
+    }
+
+    /// Number of dispatches of one training step (forward, backward, optimizer).
+    pub fn dispatch_count(&self) -> usize {
+        self.graph.forward.len() + self.graph.backward.len() + self.optimizer.as_ref().map_or(0, |o| o.dispatches().len())
+    }
+
+    /// Submit forward + loss + backward (no wait).
+    pub fn submit_forward_backward(&mut self) {
+        let ctx = self.graph.ctx;
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fwd+bwd"), timestamp_writes: None });
+            for d in self.forward_backward() {
+                d.encode(&mut pass);
+            }
+        }
+        ctx.queue.submit([enc.finish()]);
+        if self.graph.train {
+            self.graph.count_bn_forward();
+        }
+    }
+
+    /// Submit the optimizer step `step` (1-based) with this step's lr and weight decay.
+    pub fn submit_optimizer(&mut self, step: u32, lr: f32, weight_decay: f32) -> Result<()> {
+        let ctx = self.graph.ctx;
+        let opt = self.optimizer.as_ref().context("this graph was built without an optimizer")?;
+        opt.set_hyper(ctx, step, lr, weight_decay);
+        ctx.submit(opt.dispatches());
+        Ok(())
+    }
+
+    /// One whole training step: forward, backward, LAMB.
+    pub fn train_step(&mut self, step: u32, lr: f32, weight_decay: f32) -> Result<()> {
+        self.submit_forward_backward();
+        self.submit_optimizer(step, lr, weight_decay)
+    }
+
+    /// The loss of the last submitted forward (blocking read).
+    pub fn read_loss(&self) -> Result<f32> {
+        Ok(self.graph.ctx.read_f32(&self.loss)?[0])
+    }
+
+    /// Encoder feature map `i` as dense NCHW with zeros at masked sites (blocking).
+    pub fn read_feature_nchw(&self, i: usize) -> Result<(Vec<usize>, Vec<f32>)> {
+        let v = self.features[i];
+        let set = self.graph.stage(self.graph.set_of(v));
+        let c = self.graph.channels(v);
+        let rows = self.graph.ctx.read_f32(self.graph.tensor(v))?;
+        let dense = set.active.scatter(&rows, c, &vec![0.0; c]);
+        Ok((vec![self.batch, c, set.h, set.w], bhwc_to_nchw(&dense, self.batch, set.h, set.w, c)))
+    }
+
+    /// The reconstruction as NCHW (blocking).
+    pub fn read_rec_nchw(&self) -> Result<Vec<f32>> {
+        let s = self.cfg.input_size;
+        let d = self.graph.ctx.read_f32(self.graph.tensor(self.rec))?;
+        Ok(bhwc_to_nchw(&d, self.batch, s, s, 3))
+    }
+
+    pub fn params(&self) -> &ParamStore {
+        &self.graph.params
+    }
+
+    pub fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.graph.params
+    }
+}
+
+/// `[B, H, W, C]` → `[B, C, H, W]`.
+pub fn bhwc_to_nchw(x: &[f32], b: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for bi in 0..b {
+        for y in 0..h {
+            for xx in 0..w {
+                for ci in 0..c {
+                    out[((bi * c + ci) * h + y) * w + xx] = x[((bi * h + y) * w + xx) * c + ci];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `[B, C, H, W]` → `[B, H, W, C]`.
+pub fn nchw_to_bhwc(x: &[f32], b: usize, c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    for bi in 0..b {
+        for ci in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    out[((bi * h + y) * w + xx) * c + ci] = x[((bi * c + ci) * h + y) * w + xx];
+                }
+            }
+        }
+    }
+    out
+}
