@@ -1,6 +1,8 @@
 //! Subcommands: `devices`, `parity`, `pretrain`, `reconstruct`, `bench`, `export`.
 
+mod bench;
 mod devices;
+mod parity;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -41,10 +43,16 @@ impl GpuArgs {
 pub enum Command {
     /// List every adapter wgpu can see, with the limits and features that matter here.
     Devices,
+    /// Run a parity case of the official implementation and compare every tensor.
+    Parity(parity::ParityArgs),
+    /// Time the whole training step on synthetic data (headless).
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices => devices::run(&cli.gpu),
+        Command::Parity(a) => parity::run(&cli.gpu, &a),
+        Command::Bench(a) => bench::run(&cli.gpu, &a),
     }
 }

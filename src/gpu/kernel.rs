@@ -187,7 +187,7 @@ impl GpuContext {
             layout: &kernel.layout,
             entries: &entries,
         });
-        Dispatch { kernel: kernel.clone(), bind_group, groups }
+        Dispatch { kernel: kernel.clone(), bind_group, groups, flops: 0 }
     }
 
     /// Encode `dispatches` in order into one compute pass and submit (no wait).
@@ -211,6 +211,8 @@ pub struct Dispatch {
     pub kernel: Arc<Kernel>,
     pub bind_group: wgpu::BindGroup,
     pub groups: [u32; 3],
+    /// Floating-point operations of this launch when known (for GFLOP/s reports).
+    pub flops: u64,
 }
 
 impl Dispatch {

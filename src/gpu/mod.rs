@@ -2,6 +2,7 @@
 
 mod context;
 mod kernel;
+mod profiler;
 mod shaders;
 mod tensor;
 

@@ -79,6 +79,9 @@ pub struct Graph<'c> {
     pub backward: Vec<Dispatch>,
     /// BatchNorm counters incremented by each training forward.
     bn_counters: Vec<ParamId>,
+    /// Compute every "sparse" stage densely (every site), as the official code does
+    /// before masking; for speed comparisons only.
+    pub dense_encoder: bool,
 }
 
 impl<'c> Graph<'c> {
@@ -106,11 +109,13 @@ impl<'c> Graph<'c> {
             tape: vec![],
             backward: vec![],
             bn_counters: vec![],
+            dense_encoder: false,
         }
     }
 
     /// The set of an `h × w` stage (created on first use).
     pub fn set(&mut self, h: usize, w: usize, sparse: bool) -> SetId {
+        let sparse = sparse && !self.dense_encoder;
         if let Some(i) = self.sets.iter().position(|s| s.h == h && s.w == w && s.sparse == sparse) {
             return SetId(i);
         }
@@ -287,13 +292,24 @@ impl<'c> Graph<'c> {
         info.grad_written = true;
     }
 
-    /// Record the backward pass (once, after the forward graph and the loss).
-    pub fn build_backward(&mut self) -> Result<()> {
+    /// Length of the tape so far (a mark for `build_backward`).
+    pub fn tape_len(&self) -> usize {
+        self.tape.len()
+    }
+
+    /// Record the backward pass (once, after the forward graph and the loss). Returns the
+    /// index in `backward` where the ops recorded before `mark` (tape length at some
+    /// point of the forward) start: everything from there on is their backward.
+    pub fn build_backward(&mut self, mark: usize) -> Result<usize> {
         let tape = std::mem::take(&mut self.tape);
-        for f in tape.into_iter().rev() {
+        let mut start = 0;
+        for (i, f) in tape.into_iter().enumerate().rev() {
+            if i + 1 == mark {
+                start = self.backward.len();
+            }
             f(self)?;
         }
-        Ok(())
+        Ok(start)
     }
 
     /// Count one training forward on every BatchNorm's `num_batches_tracked`.

@@ -32,6 +32,15 @@ pub struct ConvIds {
 }
 
 pub const BN_EPS: f32 = 1e-5;
+
+/// Attribute an op's floating-point work to its first (main) dispatch, for GFLOP/s
+/// reports; the helper dispatches (re-layouts, reductions) count as overhead.
+fn with_flops(mut d: Vec<crate::gpu::Dispatch>, flops: u64) -> Vec<crate::gpu::Dispatch> {
+    if let Some(first) = d.first_mut() {
+        first.flops = flops;
+    }
+    d
+}
 pub const BN_MOMENTUM: f32 = 0.1;
 
 impl Graph<'_> {
@@ -46,17 +55,18 @@ impl Graph<'_> {
         let s = ConvShape { rows_in: self.rows(x), rows_out: self.rows(y), cin, cout, taps };
         let (w, b) = (self.params.tensor(p.weight), p.bias.map(|b| self.params.tensor(b)));
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let flops = 2 * (s.rows_out * taps * cin * cout) as u64;
         let d = conv_forward(self.ctx, &xt, &map, &w, layout, b.as_ref(), &yt, s, false)?;
-        self.forward.extend(d);
+        self.forward.extend(with_flops(d, flops));
         self.on_backward(move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let dw = g.params.grad(p.weight);
             let db = p.bias.map(|b| g.params.grad(b));
             let d = conv_weight_grad(g.ctx, &xt, &map, &dy, &dw, layout, db.as_ref(), s)?;
-            g.backward.extend(d);
+            g.backward.extend(with_flops(d, flops));
             if let Some((dx, acc)) = g.grad_in(x) {
                 let d = conv_data_grad(g.ctx, &dy, &inv, &w, layout, &dx, s, acc)?;
-                g.backward.extend(d);
+                g.backward.extend(with_flops(d, flops));
             }
             Ok(())
         });
@@ -73,7 +83,8 @@ impl Graph<'_> {
         let rows = self.rows(x);
         let (w, b) = (self.params.tensor(p.weight), p.bias.map(|b| self.params.tensor(b)));
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
-        self.forward.extend(dw_forward(self.ctx, &xt, &map, &w, b.as_ref(), &yt, rows, c, taps)?);
+        let flops = 2 * (rows * taps * c) as u64;
+        self.forward.extend(with_flops(dw_forward(self.ctx, &xt, &map, &w, b.as_ref(), &yt, rows, c, taps)?, flops));
         self.on_backward(move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let dw = g.params.grad(p.weight);

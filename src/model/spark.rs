@@ -53,6 +53,17 @@ pub struct SparkModel<'c> {
     pub rec: Var,
     pub optimizer: Option<Lamb>,
     mask: Option<PatchMask>,
+    /// `graph.forward[..encoder_forward]` is the encoder.
+    pub encoder_forward: usize,
+    /// `graph.backward[encoder_backward..]` is the encoder's backward.
+    pub encoder_backward: usize,
+}
+
+/// Build options beyond the configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildOptions {
+    /// Compute the encoder densely (every site), for speed comparisons (`bench --dense-encoder`).
+    pub dense_encoder: bool,
 }
 
 fn declare(reg: &mut ParamRegistry, cfg: &SparkConfig) -> (Encoder, Vec<Densify>, LightDecoder) {
@@ -99,13 +110,39 @@ impl<'c> SparkModel<'c> {
     /// Build the graph for `batch` images. `optimizer`: None for evaluation graphs
     /// (BatchNorm then uses running statistics and no backward is recorded).
     pub fn build(ctx: &'c GpuContext, cfg: SparkConfig, batch: usize, optimizer: Option<LambConfig>) -> Result<Self> {
+        let visible = cfg.visible_per_image();
+        Self::build_with_visible(ctx, cfg, batch, optimizer, visible)
+    }
+
+    /// As `build`, for masks with `visible_per_image` visible patches per image (parity
+    /// cases bring their own mask).
+    pub fn build_with_visible(
+        ctx: &'c GpuContext,
+        cfg: SparkConfig,
+        batch: usize,
+        optimizer: Option<LambConfig>,
+        visible_per_image: usize,
+    ) -> Result<Self> {
+        Self::build_full(ctx, cfg, batch, optimizer, visible_per_image, BuildOptions::default())
+    }
+
+    pub fn build_full(
+        ctx: &'c GpuContext,
+        cfg: SparkConfig,
+        batch: usize,
+        optimizer: Option<LambConfig>,
+        visible_per_image: usize,
+        options: BuildOptions,
+    ) -> Result<Self> {
         cfg.validate()?;
+        anyhow::ensure!(visible_per_image >= 1, "every image must keep at least one visible patch");
         let train = optimizer.is_some();
         let mut reg = ParamRegistry::default();
         let (encoder, densify, decoder) = declare(&mut reg, &cfg);
         let store = ParamStore::allocate(ctx, reg);
         let f = cfg.grid();
-        let mut g = Graph::new(ctx, store, batch, f, f, cfg.visible_per_image(), train);
+        let mut g = Graph::new(ctx, store, batch, f, f, visible_per_image, train);
+        g.dense_encoder = options.dense_encoder;
         let size = cfg.input_size;
         let input_set = g.set(size, size, true);
         let pixels = g.input(input_set, 3);
@@ -113,6 +150,10 @@ impl<'c> SparkModel<'c> {
             Encoder::Resnet(r) => r.forward(&mut g, pixels, size)?,
             Encoder::Convnext(c) => c.forward(&mut g, pixels, size)?,
         };
+        let encoder_forward = g.forward.len();
+        let encoder_tape = g.tape_len();
+        // Everything after the encoder is dense.
+        g.dense_encoder = false;
         let mut to_dec = vec![];
         for (i, d) in densify.iter().enumerate() {
             let x = features[features.len() - 1 - i];
@@ -139,10 +180,11 @@ impl<'c> SparkModel<'c> {
         let rec_t = g.tensor(rec).clone();
         let d = masked_patch_loss(ctx, &image, &rec_t, &visible, &loss, &per_patch_loss, &d_rec, batch, size, size, PATCH)?;
         g.forward.extend(d);
+        let mut encoder_backward = 0;
         let optimizer = match optimizer {
             Some(lamb_cfg) => {
                 g.seed_grad(rec, d_rec);
-                g.build_backward()?;
+                encoder_backward = g.build_backward(encoder_tape)?;
                 let segments = g
                     .params
                     .ids()
@@ -174,6 +216,8 @@ impl<'c> SparkModel<'c> {
             rec,
             optimizer,
             mask: None,
+            encoder_forward,
+            encoder_backward,
         })
     }
 

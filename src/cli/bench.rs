@@ -1,0 +1,167 @@
+//! `spark-wgpu bench`: headless throughput of the whole training step on synthetic data.
+
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::GpuArgs;
+use crate::gpu::{Dispatch, GpuContext};
+use crate::model::spark::BuildOptions;
+use crate::model::{EncoderConfig, SparkConfig, SparkModel};
+use crate::optim::lamb::LambConfig;
+use crate::testing::{random_patch_mask, random_vec};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Encoder preset (resnet18…resnet200, convnext_tiny…convnext_large).
+    #[arg(long, default_value = "resnet50")]
+    pub model: String,
+    #[arg(long, default_value_t = 224)]
+    pub input_size: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Timed steps (after the warm-up step).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 768)]
+    pub dec_width: usize,
+    #[arg(long, default_value_t = 0.6)]
+    pub mask_ratio: f64,
+    /// Compute the encoder densely at every site (the official code's dense-then-mask cost).
+    #[arg(long)]
+    pub dense_encoder: bool,
+    /// Skip the per-kernel timestamp profile.
+    #[arg(long)]
+    pub no_profile: bool,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+fn timed(ctx: &GpuContext, dispatches: &[&Dispatch]) -> Result<f64> {
+    let t = Instant::now();
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for d in dispatches {
+            d.encode(&mut pass);
+        }
+    }
+    ctx.queue.submit([enc.finish()]);
+    ctx.wait()?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+pub fn run(gpu: &GpuArgs, a: &BenchArgs) -> Result<()> {
+    let ctx = gpu.open()?;
+    let encoder = EncoderConfig::preset(&a.model)?;
+    let cfg = SparkConfig {
+        densify_norm: encoder.default_densify_norm(),
+        encoder: encoder.clone(),
+        input_size: a.input_size,
+        dec_width: a.dec_width,
+        mask_ratio: a.mask_ratio,
+    };
+    cfg.validate()?;
+    let lamb = LambConfig { beta1: 0.9, beta2: encoder.default_beta2() as f32, eps: 1e-6, max_grad_norm: 5.0 };
+    let t_build = Instant::now();
+    let opts = BuildOptions { dense_encoder: a.dense_encoder };
+    let mut model = SparkModel::build_full(&ctx, cfg.clone(), a.batch, Some(lamb), cfg.visible_per_image(), opts)?;
+    let build_s = t_build.elapsed().as_secs_f64();
+    let f = cfg.grid();
+    let s = a.input_size;
+    let images = random_vec(7, a.batch * s * s * 3);
+    let visible_ratio = cfg.visible_per_image() as f64 / (f * f) as f64;
+    eprintln!("adapter: {}", ctx.describe());
+    eprintln!(
+        "model {} {}×{} batch {} ({} encoder): graph built in {build_s:.1} s, {} dispatches per step, {:.1} MiB of GPU buffers",
+        a.model,
+        s,
+        s,
+        a.batch,
+        if a.dense_encoder { "dense" } else { "sparse" },
+        model.dispatch_count(),
+        model.graph.gpu_memory_bytes() as f64 / (1 << 20) as f64
+    );
+    let mut step_ms = vec![];
+    for i in 0..a.warmup + a.steps {
+        let mask = random_patch_mask(100 + i as u64, a.batch, f, f, visible_ratio);
+        let t = Instant::now();
+        model.set_batch(&images, &mask)?;
+        model.train_step(i as u32 + 1, 1e-4, 0.04)?;
+        ctx.wait()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        eprintln!("step {i}: {ms:.1} ms{}", if i < a.warmup { " (warm-up)" } else { "" });
+        if i >= a.warmup {
+            step_ms.push(ms);
+        }
+    }
+    let step = median(step_ms);
+    let enc: Vec<&Dispatch> = model.graph.forward[..model.encoder_forward]
+        .iter()
+        .chain(model.graph.backward[model.encoder_backward..].iter())
+        .collect();
+    let encoder_ms = median((0..a.steps.max(1)).map(|_| timed(&ctx, &enc)).collect::<Result<Vec<_>>>()?);
+
+    // Per-kernel breakdown from timestamp queries.
+    let mut kernels: Vec<(String, f64, f64)> = vec![];
+    let profile_note = if a.no_profile {
+        "skipped (--no-profile)".to_string()
+    } else if !ctx.has_timestamps() {
+        format!("adapter {} has no timestamp queries: no per-kernel breakdown", ctx.info.name)
+    } else {
+        let all: Vec<&Dispatch> = model
+            .forward_backward()
+            .chain(model.optimizer.as_ref().map(|o| o.dispatches()).unwrap_or(&[]).iter())
+            .collect();
+        let ms = ctx.profile(&all)?;
+        let mut by: BTreeMap<String, (f64, u64)> = BTreeMap::new();
+        for (d, t) in all.iter().zip(&ms) {
+            let e = by.entry(d.kernel.name.clone()).or_default();
+            e.0 += t;
+            e.1 += d.flops;
+        }
+        kernels = by.into_iter().map(|(k, (t, fl))| (k, t, if fl > 0 { fl as f64 / (t * 1e6) } else { 0.0 })).collect();
+        kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
+        "timestamp queries, one pass per dispatch".to_string()
+    };
+    let total: f64 = kernels.iter().map(|k| k.1).sum();
+    println!("adapter        {}", ctx.describe());
+    println!("model          {} {}×{} batch {} dec-width {} ({} encoder)", a.model, s, s, a.batch, a.dec_width, if a.dense_encoder { "dense" } else { "sparse" });
+    println!("step           {step:.1} ms (median of {})", a.steps);
+    println!("images/s       {:.2}", a.batch as f64 / step * 1e3);
+    println!("encoder f+b    {encoder_ms:.1} ms");
+    println!("GPU memory     {:.1} MiB", model.graph.gpu_memory_bytes() as f64 / (1 << 20) as f64);
+    println!("dispatches     {}", model.dispatch_count());
+    println!("kernels        {profile_note}");
+    for (name, ms, gf) in kernels.iter().take(20) {
+        println!("  {name:<40} {ms:>9.2} ms {:>5.1}% {}", 100.0 * ms / total, if *gf > 0.0 { format!("{gf:>7.2} GFLOP/s") } else { String::new() });
+    }
+    if a.json {
+        let j = serde_json::json!({
+            "adapter": ctx.info.name,
+            "backend": format!("{:?}", ctx.info.backend),
+            "driver": format!("{} {}", ctx.info.driver, ctx.info.driver_info),
+            "model": a.model,
+            "input_size": s,
+            "batch": a.batch,
+            "dec_width": a.dec_width,
+            "step_ms": step,
+            "images_per_s": a.batch as f64 / step * 1e3,
+            "encoder_ms": encoder_ms,
+            "gpu_memory_bytes": model.graph.gpu_memory_bytes(),
+            "dispatches": model.dispatch_count(),
+            "dense_encoder": a.dense_encoder,
+            "kernels": kernels.iter().map(|(n, ms, gf)| serde_json::json!({"name": n, "ms": ms, "gflops": gf})).collect::<Vec<_>>(),
+        });
+        println!("{j}");
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Parity with the official implementation: run a golden case (see
+//! `tests/data/golden/README.md`) and compare every output tensor.
+
+use anyhow::{Context as _, Result, bail};
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::gpu::GpuContext;
+use crate::graph::Kind;
+use crate::io::golden::{CaseMeta, GoldenCase, error_metric, tolerance};
+use crate::io::tensors::{HostData, HostTensor, TensorMap, write_safetensors_atomic};
+use crate::model::spark::nchw_to_bhwc;
+use crate::model::{DensifyNorm, EncoderConfig, SparkConfig, SparkModel};
+use crate::optim::lamb::LambConfig;
+use crate::sparse::PatchMask;
+
+/// One compared tensor.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub key: String,
+    pub max_abs: f64,
+    pub error: f64,
+    pub tolerance: f64,
+}
+
+impl Row {
+    pub fn passed(&self) -> bool {
+        self.error <= self.tolerance
+    }
+}
+
+pub struct Report {
+    pub case: String,
+    pub rows: Vec<Row>,
+    pub outputs: TensorMap,
+}
+
+impl Report {
+    pub fn failed(&self) -> usize {
+        self.rows.iter().filter(|r| !r.passed()).count()
+    }
+}
+
+/// The model configuration a case describes (built from its metadata, never its name).
+pub fn config_of(meta: &CaseMeta) -> Result<SparkConfig> {
+    let encoder = match meta.arch.as_str() {
+        "resnet" => EncoderConfig::Resnet {
+            bottleneck: match meta.block.as_deref() {
+                Some("basic") => false,
+                Some("bottleneck") => true,
+                other => bail!("unknown ResNet block {other:?}"),
+            },
+            layers: meta.layers.clone().context("resnet case without layers")?,
+            channels: meta.channels.clone().context("resnet case without channels")?,
+        },
+        "convnext" => EncoderConfig::Convnext {
+            depths: meta.depths.clone().context("convnext case without depths")?,
+            dims: meta.dims.clone().context("convnext case without dims")?,
+        },
+        other => bail!("unknown arch {other:?}"),
+    };
+    let densify_norm = match meta.densify_norm.as_str() {
+        "bn" => DensifyNorm::Bn,
+        "ln" => DensifyNorm::Ln,
+        other => bail!("unknown densify_norm {other:?}"),
+    };
+    Ok(SparkConfig { encoder, input_size: meta.input_size, dec_width: meta.dec_width, densify_norm, mask_ratio: meta.mask_ratio })
+}
+
+fn f32_tensor(shape: Vec<usize>, v: Vec<f32>) -> HostTensor {
+    HostTensor { shape, data: HostData::F32(v) }
+}
+
+/// Run `path` on the GPU: `steps` training steps on the case's input and mask.
+pub fn run_case(ctx: &GpuContext, path: &Path) -> Result<Report> {
+    let case = GoldenCase::load(path)?;
+    let meta = &case.meta;
+    let cfg = config_of(meta)?;
+    let opt = &meta.optimizer;
+    let lamb = LambConfig {
+        beta1: opt.beta1 as f32,
+        beta2: opt.beta2 as f32,
+        eps: opt.eps as f32,
+        max_grad_norm: opt.max_grad_norm as f32,
+    };
+    let batch = meta.batch;
+    let active = case.active()?;
+    let f = cfg.grid();
+    let mask = PatchMask::new(batch, f, f, active.clone());
+    let mut model = SparkModel::build_with_visible(ctx, cfg.clone(), batch, Some(lamb), mask.visible_count() / batch)?;
+
+    // Parameters and buffers by their official names.
+    let inputs = case.inputs();
+    for p in model.params().ids().collect::<Vec<_>>() {
+        let name = model.params().spec(p).name.clone();
+        let t = inputs.get(&name).with_context(|| format!("{}: no in.{name} for the model's parameter {name}", path.display()))?;
+        model.params_mut().set(ctx, &name, &t.shape, &t.to_f32())?;
+    }
+    let input = case.input()?;
+    let s = cfg.input_size;
+    let images = nchw_to_bhwc(&input.to_f32(), batch, 3, s, s);
+
+    let mut out = TensorMap::new();
+    let specs = model.params().specs.clone();
+    for step in 0..opt.steps {
+        model.set_batch(&images, &mask)?;
+        model.submit_forward_backward();
+        let loss = model.read_loss()? as f64;
+        out.insert(format!("out.loss.{step}"), HostTensor { shape: vec![1], data: HostData::F64(vec![loss]) });
+        if step == 0 {
+            for i in 0..model.features.len() {
+                let (shape, v) = model.read_feature_nchw(i)?;
+                out.insert(format!("out.enc.{i}"), f32_tensor(shape, v));
+            }
+            out.insert("out.rec".into(), f32_tensor(vec![batch, 3, s, s], model.read_rec_nchw()?));
+            for p in model.params().ids() {
+                let spec = model.params().spec(p);
+                if spec.kind == Kind::Trainable {
+                    let g = ctx.read_f32(&model.params().grad(p))?;
+                    out.insert(format!("grad0.{}", spec.name), f32_tensor(spec.shape.clone(), g));
+                }
+            }
+        }
+        model.submit_optimizer(step as u32 + 1, opt.lr as f32, opt.wd as f32)?;
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        let p = crate::graph::ParamId(i);
+        let t = match spec.kind {
+            Kind::Counter => HostTensor { shape: vec![], data: HostData::I64(vec![model.params().counters[i]]) },
+            _ => f32_tensor(spec.shape.clone(), model.params().get(ctx, p)?),
+        };
+        out.insert(format!("after.{}", spec.name), t);
+    }
+
+    let mut rows = vec![];
+    for (key, reference) in &case.tensors {
+        if !(key.starts_with("out.") || key.starts_with("grad0.") || key.starts_with("after.")) {
+            continue;
+        }
+        let tol = tolerance(key, meta.noise_floor.get(key).copied());
+        let Some(ours) = out.get(key) else {
+            rows.push(Row { key: key.clone(), max_abs: f64::INFINITY, error: f64::INFINITY, tolerance: tol });
+            continue;
+        };
+        let initial = key.strip_prefix("after.").and_then(|n| case.tensors.get(&format!("in.{n}")));
+        let error = error_metric(key, ours, reference, initial);
+        let (a, b) = (ours.to_f32(), reference.to_f32());
+        let max_abs = if a.len() == b.len() {
+            a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()))
+        } else {
+            f64::INFINITY
+        };
+        rows.push(Row { key: key.clone(), max_abs, error, tolerance: tol });
+    }
+    let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    Ok(Report { case: name, rows, outputs: out })
+}
+
+/// Write our outputs under the golden keys.
+pub fn dump(report: &Report, path: &Path) -> Result<()> {
+    let mut meta = HashMap::new();
+    meta.insert("producer".to_string(), format!("spark-wgpu {}", env!("CARGO_PKG_VERSION")));
+    write_safetensors_atomic(path, &report.outputs, &meta)
+}
