@@ -84,9 +84,9 @@ pub fn run_case(ctx: &GpuContext, path: &Path) -> Result<Report> {
         max_grad_norm: opt.max_grad_norm as f32,
     };
     let batch = meta.batch;
-    let active = case.active()?;
+    let active = case.active().to_f32().iter().map(|&v| v as u8).collect::<Vec<u8>>();
     let f = cfg.grid();
-    let mask = PatchMask::new(batch, f, f, active.clone());
+    let mask = PatchMask::new(batch, f, f, active);
     let mut model = SparkModel::build_with_visible(ctx, cfg.clone(), batch, Some(lamb), mask.visible_count() / batch)?;
 
     // Parameters and buffers by their official names.
@@ -96,7 +96,7 @@ pub fn run_case(ctx: &GpuContext, path: &Path) -> Result<Report> {
         let t = inputs.get(&name).with_context(|| format!("{}: no in.{name} for the model's parameter {name}", path.display()))?;
         model.params_mut().set(ctx, &name, &t.shape, &t.to_f32())?;
     }
-    let input = case.input()?;
+    let input = case.input();
     let s = cfg.input_size;
     let images = nchw_to_bhwc(&input.to_f32(), batch, 3, s, s);
 

@@ -2,6 +2,8 @@
 
 mod bench;
 mod devices;
+mod export;
+mod pretrain;
 mod parity;
 
 use anyhow::Result;
@@ -47,6 +49,10 @@ pub enum Command {
     Parity(parity::ParityArgs),
     /// Time the whole training step on synthetic data (headless).
     Bench(bench::BenchArgs),
+    /// Pre-train on an image folder (or the built-in procedural set) with SparK.
+    Pretrain(pretrain::PretrainArgs),
+    /// Write the encoder of a checkpoint in timm / official ConvNeXt naming.
+    Export(export::ExportArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -54,5 +60,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Devices => devices::run(&cli.gpu),
         Command::Parity(a) => parity::run(&cli.gpu, &a),
         Command::Bench(a) => bench::run(&cli.gpu, &a),
+        Command::Pretrain(a) => pretrain::run(&cli.gpu, &a),
+        Command::Export(a) => export::run(&a),
     }
 }

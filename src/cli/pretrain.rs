@@ -1,0 +1,135 @@
+//! `spark-wgpu pretrain`.
+
+use anyhow::{Result, bail};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::GpuArgs;
+use crate::model::{EncoderConfig, SparkConfig};
+use crate::train::{PretrainConfig, pretrain, read_run_config};
+
+#[derive(clap::Args, Debug)]
+pub struct PretrainArgs {
+    /// Image folder (class sub-folders or flat; JPEG, PNG, WebP, …). Without it: a built-in
+    /// procedural image set (no download).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Encoder preset: resnet18/34/50/101/152/200, convnext_tiny/small/base/large, or the tiny
+    /// test models resnet_tiny, convnext_pico.
+    #[arg(long, default_value = "resnet50")]
+    pub model: String,
+    #[arg(long, default_value_t = 224)]
+    pub input_size: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 1600)]
+    pub epochs: usize,
+    /// Stop after this many steps (the schedule still spans --epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long, default_value_t = 0.6)]
+    pub mask_ratio: f64,
+    /// Base learning rate; the peak is base_lr × batch / 256 (official scaling).
+    #[arg(long, default_value_t = 2e-4)]
+    pub base_lr: f64,
+    #[arg(long, default_value_t = 40.0)]
+    pub warmup_epochs: f64,
+    #[arg(long, default_value_t = 0.04)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.2)]
+    pub weight_decay_end: f64,
+    #[arg(long, default_value_t = 768)]
+    pub dec_width: usize,
+    /// LAMB β2 (default: 0.95 for ResNet, 0.999 for ConvNeXt, as the official recipe).
+    #[arg(long)]
+    pub beta2: Option<f64>,
+    /// Start from weights: an official SparK .pth (with decoder), an encoder-only timm-style
+    /// .pth, or a spark-wgpu checkpoint/export.
+    #[arg(long)]
+    pub init_weights: Option<PathBuf>,
+    /// Continue the run in this directory exactly where it stopped.
+    #[arg(long, conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    /// Run directory (config, log, checkpoints, loss curve).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Image decoding threads.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Images in the built-in procedural set.
+    #[arg(long, default_value_t = 1024)]
+    pub procedural_images: usize,
+    /// Write a checkpoint every N steps (default: every epoch).
+    #[arg(long)]
+    pub save_every: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
+    let ctx = gpu.open()?;
+    let (cfg, dir, resume) = match &a.resume {
+        Some(dir) => (read_run_config(dir)?, dir.clone(), true),
+        None => {
+            let encoder = EncoderConfig::preset(&a.model)?;
+            let spark = SparkConfig {
+                densify_norm: encoder.default_densify_norm(),
+                encoder: encoder.clone(),
+                input_size: a.input_size,
+                dec_width: a.dec_width,
+                mask_ratio: a.mask_ratio,
+            };
+            if a.batch < 2 {
+                bail!("--batch {} is too small: BatchNorm needs at least 2 images", a.batch);
+            }
+            let cfg = PretrainConfig {
+                model: a.model.clone(),
+                beta2: a.beta2.unwrap_or(encoder.default_beta2()),
+                spark,
+                data: a.data.clone(),
+                procedural_images: a.procedural_images,
+                batch: a.batch,
+                epochs: a.epochs,
+                max_steps: a.max_steps,
+                base_lr: a.base_lr,
+                warmup_epochs: a.warmup_epochs,
+                weight_decay: a.weight_decay,
+                weight_decay_end: a.weight_decay_end,
+                seed: a.seed,
+                workers: a.workers,
+                init_weights: a.init_weights.clone(),
+                save_every: a.save_every,
+            };
+            let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", a.model)));
+            if dir.join(crate::train::CHECKPOINT_FILE).exists() {
+                bail!("{} already holds a run: use --resume {} to continue it, or another --out", dir.display(), dir.display());
+            }
+            (cfg, dir, false)
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    // Ctrl-C: finish the step in flight, write a checkpoint, exit. A second Ctrl-C aborts.
+    let _ = ctrlc::set_handler(move || {
+        if s.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing the step and writing a checkpoint (Ctrl-C again to abort)");
+    });
+    eprintln!("adapter: {}", ctx.describe());
+    let r = pretrain(&ctx, &cfg, &dir, resume, stop, !a.quiet)?;
+    println!(
+        "{} after {} steps: loss {} → {}; run directory {} (config.json, log.jsonl, checkpoint.safetensors, loss.png){}",
+        cfg.model,
+        r.steps_done,
+        r.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        r.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        r.run_dir.display(),
+        if r.interrupted { format!("; resume with --resume {}", r.run_dir.display()) } else { String::new() }
+    );
+    Ok(())
+}

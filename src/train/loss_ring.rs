@@ -1,0 +1,93 @@
+//! Asynchronous loss read-back: each step copies its loss into one slot of a small ring
+//! of mappable buffers; values are collected when the GPU has finished, never through
+//! a blocking wait inside the step.
+
+use anyhow::{Result, anyhow};
+use std::sync::{Arc, Mutex};
+
+use crate::gpu::{GpuContext, GpuTensor};
+
+struct Slot {
+    buffer: wgpu::Buffer,
+    /// (step, mapped result) once the callback fired.
+    state: Arc<Mutex<Option<Result<(), wgpu::BufferAsyncError>>>>,
+    step: Option<usize>,
+}
+
+pub struct LossRing {
+    slots: Vec<Slot>,
+    next: usize,
+}
+
+impl LossRing {
+    pub fn new(ctx: &GpuContext, size: usize) -> Self {
+        let slots = (0..size)
+            .map(|_| Slot {
+                buffer: ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("loss-readback"),
+                    size: 16,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                }),
+                state: Arc::new(Mutex::new(None)),
+                step: None,
+            })
+            .collect();
+        Self { slots, next: 0 }
+    }
+
+    /// Queue a copy of `loss` (after the step's work) and an asynchronous map. If the
+    /// slot is still in flight (the GPU is `size` steps behind), wait for it first.
+    pub fn push(&mut self, ctx: &GpuContext, step: usize, loss: &GpuTensor, out: &mut Vec<(usize, f32)>) -> Result<()> {
+        let i = self.next;
+        self.next = (self.next + 1) % self.slots.len();
+        if self.slots[i].step.is_some() {
+            while !self.collect_slot(i, out)? {
+                ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+        let slot = &mut self.slots[i];
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&loss.buffer, loss.offset, &slot.buffer, 0, 4);
+        ctx.queue.submit([enc.finish()]);
+        let state = slot.state.clone();
+        slot.buffer.map_async(wgpu::MapMode::Read, .., move |r| {
+            *state.lock().unwrap() = Some(r);
+        });
+        slot.step = Some(step);
+        Ok(())
+    }
+
+    /// Collect slot `i` if its map completed. Returns whether the slot is free.
+    fn collect_slot(&mut self, i: usize, out: &mut Vec<(usize, f32)>) -> Result<bool> {
+        let slot = &mut self.slots[i];
+        let Some(step) = slot.step else { return Ok(true) };
+        let Some(r) = slot.state.lock().unwrap().take() else { return Ok(false) };
+        r.map_err(|e| anyhow!("loss read-back: {e}"))?;
+        let v = {
+            let view = slot.buffer.get_mapped_range(..).map_err(|e| anyhow!("loss read-back: {e:?}"))?;
+            bytemuck::cast_slice::<u8, f32>(&view)[0]
+        };
+        slot.buffer.unmap();
+        slot.step = None;
+        out.push((step, v));
+        Ok(true)
+    }
+
+    /// Losses that are ready now (non-blocking), in step order.
+    pub fn ready(&mut self, ctx: &GpuContext) -> Result<Vec<(usize, f32)>> {
+        let _ = ctx.device.poll(wgpu::PollType::Poll);
+        let mut out = vec![];
+        for i in 0..self.slots.len() {
+            self.collect_slot(i, &mut out)?;
+        }
+        out.sort_by_key(|x| x.0);
+        Ok(out)
+    }
+
+    /// Wait for every pending loss.
+    pub fn drain(&mut self, ctx: &GpuContext) -> Result<Vec<(usize, f32)>> {
+        ctx.wait()?;
+        self.ready(ctx)
+    }
+}

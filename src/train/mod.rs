@@ -1,0 +1,282 @@
+//! `spark-wgpu pretrain`: the training loop around the static graph — data, schedule,
+//! asynchronous loss read-back, logs, checkpoints, resume and Ctrl-C.
+
+pub mod checkpoint;
+pub mod init;
+mod loss_ring;
+pub mod plot;
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::data::{FolderSource, ImageSource, Loader, LoaderConfig, ProceduralSource};
+use crate::gpu::GpuContext;
+use crate::model::{EncoderConfig, SparkConfig, SparkModel};
+use crate::optim::lamb::LambConfig;
+use crate::optim::schedule::{lr_wd_at, peak_lr};
+use crate::sparse::PatchMask;
+use loss_ring::LossRing;
+
+/// Everything that defines a run (saved as `config.json` in the run directory).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PretrainConfig {
+    pub model: String,
+    pub spark: SparkConfig,
+    pub data: Option<PathBuf>,
+    pub procedural_images: usize,
+    pub batch: usize,
+    pub epochs: usize,
+    pub max_steps: Option<usize>,
+    pub base_lr: f64,
+    pub warmup_epochs: f64,
+    pub weight_decay: f64,
+    pub weight_decay_end: f64,
+    pub beta2: f64,
+    pub seed: u64,
+    pub workers: usize,
+    pub init_weights: Option<PathBuf>,
+    pub save_every: Option<usize>,
+}
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const LOG_FILE: &str = "log.jsonl";
+pub const CURVE_FILE: &str = "loss.png";
+
+impl PretrainConfig {
+    pub fn encoder(&self) -> &EncoderConfig {
+        &self.spark.encoder
+    }
+
+    fn lamb(&self) -> LambConfig {
+        LambConfig { beta1: 0.9, beta2: self.beta2 as f32, eps: 1e-6, max_grad_norm: 5.0 }
+    }
+}
+
+/// What a finished (or interrupted) run reports.
+pub struct RunSummary {
+    pub steps_done: usize,
+    pub last_loss: Option<f32>,
+    pub first_loss: Option<f32>,
+    pub interrupted: bool,
+    pub run_dir: PathBuf,
+}
+
+fn open_source(cfg: &PretrainConfig) -> Result<Arc<dyn ImageSource>> {
+    Ok(match &cfg.data {
+        Some(dir) => Arc::new(FolderSource::open(dir)?),
+        None => Arc::new(ProceduralSource::new(cfg.procedural_images, cfg.spark.input_size as u32, cfg.seed)),
+    })
+}
+
+fn write_json_line(log: &mut std::fs::File, v: serde_json::Value) -> Result<()> {
+    writeln!(log, "{v}").context("writing the run log")
+}
+
+/// Run (or resume) a pre-training run in `run_dir`. `stop` is set by Ctrl-C: the step
+/// in flight finishes, a checkpoint is written and the run returns.
+pub fn pretrain(
+    ctx: &GpuContext,
+    cfg: &PretrainConfig,
+    run_dir: &Path,
+    resume: bool,
+    stop: Arc<AtomicBool>,
+    progress: bool,
+) -> Result<RunSummary> {
+    cfg.spark.validate()?;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    let source = open_source(cfg)?;
+    let mut loader = Loader::new(
+        source,
+        LoaderConfig {
+            batch: cfg.batch,
+            size: cfg.spark.input_size as u32,
+            mask_ratio: cfg.spark.mask_ratio,
+            seed: cfg.seed,
+            workers: cfg.workers,
+            prefetch: 4,
+        },
+    )?;
+    loader.on_skip(|msg| eprintln!("warning: {msg}"));
+    let spe = loader.steps_per_epoch();
+    let schedule_len = cfg.epochs * spe;
+    let total = cfg.max_steps.map_or(schedule_len, |m| m.min(schedule_len));
+    if total == 0 {
+        bail!("nothing to do: --epochs {} × {spe} steps per epoch, --max-steps {:?}", cfg.epochs, cfg.max_steps);
+    }
+    let warmup_it = (cfg.warmup_epochs * spe as f64).round() as usize;
+    let peak = peak_lr(cfg.base_lr, cfg.batch);
+
+    let mut model = SparkModel::build(ctx, cfg.spark.clone(), cfg.batch, Some(cfg.lamb()))?;
+    let ckpt_path = run_dir.join(CHECKPOINT_FILE);
+    let mut start = 0usize;
+    if resume {
+        let (t, meta) = checkpoint::read_any(&ckpt_path)?;
+        checkpoint::load(&mut model, &t, &ckpt_path, true)?;
+        start = meta
+            .get("next_step")
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("{}: no next_step in the metadata", ckpt_path.display()))?;
+        eprintln!("resuming at step {start} of {total} from {}", ckpt_path.display());
+    } else {
+        let specs = model.params().specs.clone();
+        let init = init::init_params(&specs, cfg.seed);
+        for (s, v) in specs.iter().zip(init) {
+            model.params_mut().set(ctx, &s.name, &s.shape, &v)?;
+        }
+        if let Some(w) = &cfg.init_weights {
+            let (t, _) = checkpoint::read_any(w)?;
+            let r = checkpoint::load(&mut model, &t, w, false)?;
+            eprintln!(
+                "initialised {} tensors from {} ({} kept their fresh initialisation{})",
+                r.loaded,
+                w.display(),
+                r.missing.len(),
+                if r.unexpected.is_empty() { String::new() } else { format!(", {} in the file unused", r.unexpected.len()) }
+            );
+        }
+        let json = serde_json::to_string_pretty(cfg)?;
+        std::fs::write(run_dir.join(CONFIG_FILE), json).context("writing config.json")?;
+    }
+    eprintln!(
+        "{} on {}: {} steps ({} per epoch), batch {}, peak lr {peak:.2e}, {} dispatches per step, {:.1} MiB of GPU buffers",
+        cfg.model,
+        ctx.info.name,
+        total,
+        spe,
+        cfg.batch,
+        model.dispatch_count(),
+        model.graph.gpu_memory_bytes() as f64 / (1 << 20) as f64
+    );
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join(LOG_FILE))
+        .context("opening log.jsonl")?;
+    let bar = if progress { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
+            .unwrap(),
+    );
+    bar.set_position(start as u64);
+
+    let mut losses: Vec<(usize, f32)> = read_log_losses(&run_dir.join(LOG_FILE), start);
+    let mut ring = LossRing::new(ctx, 4);
+    let f = cfg.spark.grid();
+    let save_every = cfg.save_every.unwrap_or(spe).max(1);
+    let mut pending: Vec<(usize, f32)> = vec![];
+    let mut sched: HashMap<usize, (f64, f64)> = HashMap::new();
+    loader.start(start / spe, start % spe);
+    let t0 = Instant::now();
+    let mut interrupted = false;
+    let mut step = start;
+    let mut last_ckpt = start;
+    let mut record = |log: &mut std::fs::File,
+                      losses: &mut Vec<(usize, f32)>,
+                      done: &[(usize, f32)],
+                      sched: &HashMap<usize, (f64, f64)>,
+                      bar: &indicatif::ProgressBar|
+     -> Result<()> {
+        for &(s, l) in done {
+            let (lr, wd) = sched.get(&s).copied().unwrap_or((0.0, 0.0));
+            let ips = ((s + 1 - start) * cfg.batch) as f64 / t0.elapsed().as_secs_f64();
+            write_json_line(
+                log,
+                serde_json::json!({"step": s, "epoch": s / spe, "loss": l, "lr": lr, "wd": wd, "images_per_s": ips, "elapsed_s": t0.elapsed().as_secs_f64()}),
+            )?;
+            bar.set_message(format!("loss {l:.4}  {ips:.1} img/s"));
+            losses.push((s, l));
+            if !l.is_finite() {
+                bail!(
+                    "the loss became {l} at step {s}; stopping. The last good checkpoint ({}) is intact: \
+                     lower --base-lr or check the data, then --resume",
+                    run_dir.join(CHECKPOINT_FILE).display()
+                );
+            }
+        }
+        Ok(())
+    };
+    while step < total {
+        if stop.load(Ordering::SeqCst) {
+            interrupted = true;
+            break;
+        }
+        let batch = loader.next_batch()?;
+        let mask = PatchMask::new(cfg.batch, f, f, batch.visible.clone());
+        model.set_batch(&batch.images, &mask)?;
+        let (lr, wd) = lr_wd_at(peak, cfg.weight_decay, cfg.weight_decay_end, step, warmup_it, schedule_len);
+        sched.insert(step, (lr, wd));
+        model.train_step(step as u32 + 1, lr as f32, wd as f32)?;
+        ring.push(ctx, step, &model.loss, &mut pending)?;
+        pending.extend(ring.ready(ctx)?);
+        pending.sort_by_key(|p| p.0);
+        record(&mut log, &mut losses, &pending, &sched, &bar)?;
+        pending.clear();
+        step += 1;
+        bar.set_position(step as u64);
+        if step % save_every == 0 || step == total {
+            // Never checkpoint past a non-finite loss: collect every loss first.
+            let done = ring.drain(ctx)?;
+            record(&mut log, &mut losses, &done, &sched, &bar)?;
+            save_checkpoint(&model, &ckpt_path, cfg, step)?;
+            last_ckpt = step;
+        }
+    }
+    let done = ring.drain(ctx)?;
+    record(&mut log, &mut losses, &done, &sched, &bar)?;
+    if step != last_ckpt {
+        save_checkpoint(&model, &ckpt_path, cfg, step)?;
+    }
+    bar.finish_and_clear();
+    if loader.skipped_images() > 0 {
+        eprintln!("{} unreadable images were skipped", loader.skipped_images());
+    }
+    let stall = loader.stall_seconds();
+    let wall = t0.elapsed().as_secs_f64();
+    if wall > 0.0 && stall / wall > 0.1 {
+        eprintln!(
+            "note: the GPU waited {stall:.1} s of {wall:.1} s for images: the CPU cannot decode fast enough \
+             (raise --workers or use smaller images)"
+        );
+    }
+    losses.sort_by_key(|p| p.0);
+    plot::write_loss_curve(&run_dir.join(CURVE_FILE), &losses, 800, 400)?;
+    Ok(RunSummary {
+        steps_done: step,
+        first_loss: losses.first().map(|l| l.1),
+        last_loss: losses.last().map(|l| l.1),
+        interrupted,
+        run_dir: run_dir.to_path_buf(),
+    })
+}
+
+fn save_checkpoint(model: &SparkModel, path: &Path, cfg: &PretrainConfig, next_step: usize) -> Result<()> {
+    let mut meta = HashMap::new();
+    meta.insert("spark_wgpu_config".to_string(), serde_json::to_string(cfg)?);
+    meta.insert("next_step".to_string(), next_step.to_string());
+    meta.insert("format".to_string(), "spark-wgpu checkpoint v1".to_string());
+    checkpoint::save(model, path, &meta)
+}
+
+/// Losses of earlier steps (for the curve of a resumed run).
+fn read_log_losses(path: &Path, before: usize) -> Vec<(usize, f32)> {
+    let Ok(text) = std::fs::read_to_string(path) else { return vec![] };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_u64()? as usize, v["loss"].as_f64()? as f32)))
+        .filter(|(s, _)| *s < before)
+        .collect()
+}
+
+/// The configuration stored in a run directory.
+pub fn read_run_config(run_dir: &Path) -> Result<PretrainConfig> {
+    let p = run_dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {} (is {} a run directory?)", p.display(), run_dir.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+}
