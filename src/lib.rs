@@ -6,6 +6,7 @@
 //! launcher + CPU reference + tests).
 
 pub mod gpu;
+pub mod io;
 pub mod ops;
 pub mod sparse;
 pub mod testing;
