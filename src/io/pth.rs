@@ -277,11 +277,13 @@ fn for_each_index(offset: usize, size: &[usize], stride: &[usize], mut f: impl F
             }
             d -= 1;
             idx[d] += 1;
-            lin += stride[d];
+            // Wrapping: a huge stride on a size-1 dim passes the bounds check in gather()
+            // but would overflow here; the modular arithmetic still returns to the right index.
+            lin = lin.wrapping_add(stride[d]);
             if idx[d] < size[d] {
                 break;
             }
-            lin -= stride[d] * size[d];
+            lin = lin.wrapping_sub(stride[d].wrapping_mul(size[d]));
             idx[d] = 0;
         }
     }
@@ -1025,6 +1027,12 @@ mod tests {
         assert_eq!(sd["n"], HostTensor::new(vec![], HostData::I64(vec![9])).unwrap());
         assert_eq!(sd["h"], HostTensor::f32(vec![2], vec![1.5, -0.25]));
         assert_eq!(sd["p"], HostTensor::new(vec![3], HostData::I64(vec![5, -7, 9])).unwrap());
+
+        // A size-1 dimension may carry any stride.
+        let p = P::default().proto().tensor("FloatStorage", "0", 12, 2, &[1, 2], &[i32::MAX, 5]).op(b".");
+        let odd = dir.path().join("odd.pth");
+        write_zip(&odd, &[("archive/data.pkl", &p.0), ("archive/data/0", &f32_bytes(&base))]);
+        assert_eq!(load_pth(&odd).unwrap(), PickleValue::Tensor(HostTensor::f32(vec![1, 2], vec![2.0, 7.0])));
 
         // A view that reaches past its storage is refused.
         let p = P::default().proto().tensor("FloatStorage", "0", 12, 4, &[3, 3], &[3, 1]).op(b".");
