@@ -434,7 +434,7 @@ impl<'a, R: Read + Seek> Unpickler<'a, R> {
         match g {
             Global::RebuildTensorV2 => {
                 // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
-                let (V::Storage(s), 6..=7) = (&args.first().cloned().unwrap_or(V::None), args.len()) else {
+                let ([V::Storage(s), _, _, _, _, _] | [V::Storage(s), _, _, _, _, _, _]) = args else {
                     bail!("_rebuild_tensor_v2: expected (storage, offset, size, stride, requires_grad, hooks)")
                 };
                 let offset = usize::try_from(args[1].int("storage_offset")?).context("negative storage offset")?;
