@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod gpu;
+pub mod io;
 pub mod ops;
 pub mod sparse;
 pub mod testing;

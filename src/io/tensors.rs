@@ -1,0 +1,254 @@
+//! Host-side tensors and safetensors files (the parity cases, `--dump` outputs and our own
+//! checkpoints). The format itself is handled by the `safetensors` crate; this module only
+//! converts between its byte views and typed vectors.
+
+use anyhow::{Context, Result, bail};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// The element types we keep on the host. Narrow float types (F16/BF16) are widened to F32
+/// on read; small integer types to I64; BOOL to U8.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    U8(Vec<u8>),
+}
+
+impl HostData {
+    pub fn len(&self) -> usize {
+        match self {
+            HostData::F32(v) => v.len(),
+            HostData::F64(v) => v.len(),
+            HostData::I64(v) => v.len(),
+            HostData::U8(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The safetensors name of the element type (for messages).
+    pub fn dtype_name(&self) -> &'static str {
+        match self {
+            HostData::F32(_) => "F32",
+            HostData::F64(_) => "F64",
+            HostData::I64(_) => "I64",
+            HostData::U8(_) => "U8",
+        }
+    }
+}
+
+/// A dense row-major tensor on the host, in PyTorch layout (NCHW, OIHW, …).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: HostData,
+}
+
+impl HostTensor {
+    /// An f32 tensor; panics when `v.len()` does not match `shape`.
+    pub fn f32(shape: Vec<usize>, v: Vec<f32>) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), v.len(), "HostTensor::f32: shape {shape:?} does not hold {} values", v.len());
+        HostTensor { shape, data: HostData::F32(v) }
+    }
+
+    /// Builds a tensor of any dtype; errors when the element count does not match `shape`.
+    pub fn new(shape: Vec<usize>, data: HostData) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            bail!("shape {shape:?} holds {n} values, data has {}", data.len());
+        }
+        Ok(HostTensor { shape, data })
+    }
+
+    /// The values converted to f32 (f64 rounds, integers convert as `as f32`).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            HostData::F32(v) => v.clone(),
+            HostData::F64(v) => v.iter().map(|&x| x as f32).collect(),
+            HostData::I64(v) => v.iter().map(|&x| x as f32).collect(),
+            HostData::U8(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
+    /// The values converted to f64 (exact for every stored type except large i64).
+    pub fn to_f64(&self) -> Vec<f64> {
+        match &self.data {
+            HostData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            HostData::F64(v) => v.clone(),
+            HostData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            HostData::U8(v) => v.iter().map(|&x| x as f64).collect(),
+        }
+    }
+
+    /// Number of elements (1 for a scalar of shape `[]`).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Tensors by name; sorted so that files and reports come out in a stable order.
+pub type TensorMap = BTreeMap<String, HostTensor>;
+
+fn chunks<const N: usize>(b: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    // The views point into the file buffer at arbitrary alignment: copy bytes, never cast.
+    b.chunks_exact(N).map(|c| c.try_into().unwrap())
+}
+
+fn view_to_host(name: &str, view: &TensorView<'_>) -> Result<HostTensor> {
+    let b = view.data();
+    let data = match view.dtype() {
+        Dtype::F32 => HostData::F32(chunks::<4>(b).map(f32::from_le_bytes).collect()),
+        Dtype::F64 => HostData::F64(chunks::<8>(b).map(f64::from_le_bytes).collect()),
+        Dtype::F16 => HostData::F32(chunks::<2>(b).map(|c| half::f16::from_le_bytes(c).to_f32()).collect()),
+        Dtype::BF16 => HostData::F32(chunks::<2>(b).map(|c| half::bf16::from_le_bytes(c).to_f32()).collect()),
+        Dtype::I64 => HostData::I64(chunks::<8>(b).map(i64::from_le_bytes).collect()),
+        Dtype::I32 => HostData::I64(chunks::<4>(b).map(|c| i32::from_le_bytes(c) as i64).collect()),
+        Dtype::I16 => HostData::I64(chunks::<2>(b).map(|c| i16::from_le_bytes(c) as i64).collect()),
+        Dtype::I8 => HostData::I64(b.iter().map(|&x| x as i8 as i64).collect()),
+        Dtype::U32 => HostData::I64(chunks::<4>(b).map(|c| u32::from_le_bytes(c) as i64).collect()),
+        Dtype::U16 => HostData::I64(chunks::<2>(b).map(|c| u16::from_le_bytes(c) as i64).collect()),
+        Dtype::U8 | Dtype::BOOL => HostData::U8(b.to_vec()),
+        other => bail!("tensor {name}: unsupported dtype {other:?}"),
+    };
+    HostTensor::new(view.shape().to_vec(), data).with_context(|| format!("tensor {name}"))
+}
+
+/// Reads every tensor of a safetensors file and its `__metadata__` (empty when absent).
+pub fn read_safetensors(path: &Path) -> Result<(TensorMap, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let corrupt = || format!("{}: not a valid safetensors file (truncated or corrupt)", path.display());
+    let (_, header) = SafeTensors::read_metadata(&bytes).with_context(corrupt)?;
+    let st = SafeTensors::deserialize(&bytes).with_context(corrupt)?;
+    let mut map = TensorMap::new();
+    for (name, view) in st.iter() {
+        let t = view_to_host(name, &view).with_context(|| path.display().to_string())?;
+        map.insert(name.to_string(), t);
+    }
+    Ok((map, header.metadata().clone().unwrap_or_default()))
+}
+
+fn host_view(t: &HostTensor) -> Result<TensorView<'_>> {
+    // Little-endian hosts only (every wgpu target we run on): the in-memory bytes are the
+    // file bytes.
+    let (dtype, bytes): (Dtype, &[u8]) = match &t.data {
+        HostData::F32(v) => (Dtype::F32, bytemuck::cast_slice(v)),
+        HostData::F64(v) => (Dtype::F64, bytemuck::cast_slice(v)),
+        HostData::I64(v) => (Dtype::I64, bytemuck::cast_slice(v)),
+        HostData::U8(v) => (Dtype::U8, v.as_slice()),
+    };
+    Ok(TensorView::new(dtype, t.shape.clone(), bytes)?)
+}
+
+#[cfg(target_endian = "big")]
+compile_error!("io::tensors writes host bytes as little-endian safetensors data");
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+/// Written to `<path>.tmp` in the same folder, fsynced, then renamed over `path`: an
+/// interrupted write never destroys the previous file.
+pub fn write_safetensors_atomic(path: &Path, tensors: &TensorMap, metadata: &HashMap<String, String>) -> Result<()> {
+    let tmp = tmp_path(path);
+    let views = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.as_str(), host_view(t).with_context(|| format!("tensor {k}"))?)))
+        .collect::<Result<Vec<_>>>()
+        .with_context(|| format!("writing {}", path.display()))?;
+    let info = if metadata.is_empty() { None } else { Some(metadata.clone()) };
+    // serialize_to_file streams tensor by tensor (no second copy of a large checkpoint in
+    // memory); it does not fsync, so we do that before the rename.
+    safetensors::serialize_to_file(views, info, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let sync = File::open(&tmp).and_then(|f| f.sync_all());
+    if let Err(e) = sync {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("fsync {}", tmp.display()));
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    // Make the rename itself durable (best effort: not every platform can open a directory).
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> TensorMap {
+        let mut m = TensorMap::new();
+        m.insert("a.weight".into(), HostTensor::f32(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-7, -0.0]));
+        m.insert("b.f64".into(), HostTensor::new(vec![1], HostData::F64(vec![1.0 / 3.0])).unwrap());
+        m.insert("c.count".into(), HostTensor::new(vec![], HostData::I64(vec![7])).unwrap());
+        m.insert("d.mask".into(), HostTensor::new(vec![2, 1, 2], HostData::U8(vec![1, 0, 0, 1])).unwrap());
+        m
+    }
+
+    #[test]
+    fn roundtrip_all_dtypes_and_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.safetensors");
+        let meta = HashMap::from([("k".to_string(), "{\"v\": 1}".to_string())]);
+        write_safetensors_atomic(&p, &sample(), &meta).unwrap();
+        assert!(!dir.path().join("x.safetensors.tmp").exists());
+        let (m, md) = read_safetensors(&p).unwrap();
+        assert_eq!(m, sample());
+        assert_eq!(md, meta);
+        assert_eq!(m["c.count"].numel(), 1);
+        assert_eq!(m["d.mask"].to_f32(), vec![1.0, 0.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn overwrite_replaces_previous_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.safetensors");
+        write_safetensors_atomic(&p, &sample(), &HashMap::new()).unwrap();
+        let mut one = TensorMap::new();
+        one.insert("z".into(), HostTensor::f32(vec![1], vec![4.0]));
+        write_safetensors_atomic(&p, &one, &HashMap::new()).unwrap();
+        let (m, md) = read_safetensors(&p).unwrap();
+        assert_eq!(m, one);
+        assert!(md.is_empty());
+    }
+
+    #[test]
+    fn half_types_widen_to_f32() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("h.safetensors");
+        let h: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        let b: Vec<u8> = [0.25f32, 3.0].iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
+        let views = vec![
+            ("h", TensorView::new(Dtype::F16, vec![2], &h).unwrap()),
+            ("b", TensorView::new(Dtype::BF16, vec![2], &b).unwrap()),
+        ];
+        safetensors::serialize_to_file(views, None, &p).unwrap();
+        let (m, _) = read_safetensors(&p).unwrap();
+        assert_eq!(m["h"], HostTensor::f32(vec![2], vec![1.5, -2.0]));
+        assert_eq!(m["b"], HostTensor::f32(vec![2], vec![0.25, 3.0]));
+    }
+
+    #[test]
+    fn truncated_file_is_reported_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cut.safetensors");
+        write_safetensors_atomic(&p, &sample(), &HashMap::new()).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        for keep in [4, 20, bytes.len() - 3] {
+            std::fs::write(&p, &bytes[..keep]).unwrap();
+            let err = format!("{:#}", read_safetensors(&p).unwrap_err());
+            assert!(err.contains("cut.safetensors") && err.contains("truncated or corrupt"), "{err}");
+        }
+        let missing = format!("{:#}", read_safetensors(&dir.path().join("nope.safetensors")).unwrap_err());
+        assert!(missing.contains("nope.safetensors"), "{missing}");
+    }
+}
