@@ -3,7 +3,8 @@
 use std::{env, fs, path::Path};
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    // Read at run time: a build script compiled in another checkout must not embed its shaders.
+    let dir = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap()).join("shaders");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut names: Vec<_> = fs::read_dir(&dir)
         .expect("shaders/ folder")
