@@ -1,3 +1,4 @@
 pub mod fill;
 pub mod reduce;
 pub mod activation;
+pub mod elementwise;
