@@ -2,3 +2,4 @@ pub mod fill;
 pub mod reduce;
 pub mod activation;
 pub mod elementwise;
+pub mod batchnorm;
