@@ -3,3 +3,4 @@ pub mod reduce;
 pub mod activation;
 pub mod elementwise;
 pub mod batchnorm;
+pub mod layernorm;
