@@ -4,3 +4,4 @@ pub mod activation;
 pub mod elementwise;
 pub mod batchnorm;
 pub mod layernorm;
+pub mod densify;
