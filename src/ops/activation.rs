@@ -26,6 +26,7 @@ impl Activation {
 }
 
 /// Kernel code of the raw erf (tests only).
+#[cfg(test)]
 const ERF_CODE: u32 = 3;
 
 #[repr(C)]

@@ -24,6 +24,7 @@ fn check(op: &str, what: &str, t: &GpuTensor, n: usize) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn launch(ctx: &GpuContext, mode: u32, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor, n: usize, c: usize, accumulate: bool) -> Result<Dispatch> {
     let k = ctx.kernel("elementwise")?;
     let p = Params { n: n as u32, c: c.max(1) as u32, mode, accumulate: accumulate as u32 };
