@@ -5,6 +5,7 @@
 //! `sparse` (active sets and neighbour maps), `ops` (one file per kernel family:
 //! launcher + CPU reference + tests).
 
+pub mod data;
 pub mod gpu;
 pub mod ops;
 pub mod sparse;
