@@ -159,8 +159,8 @@ fn same_seed_same_batches_and_resume() {
     assert_eq!(batches(src.clone(), cfg(3, 2), 1, 2, 1)[0], a[8]);
     // Restarting the same loader mid-way.
     let mut l = Loader::new(src.clone(), cfg(3, 2)).unwrap();
-    for i in 0..4 {
-        assert_eq!(l.next_batch().unwrap(), a[i]);
+    for want in &a[..4] {
+        assert_eq!(&l.next_batch().unwrap(), want);
     }
     l.start(0, 1);
     assert_eq!(l.next_batch().unwrap(), a[1]);

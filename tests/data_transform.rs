@@ -122,9 +122,9 @@ fn normalize_layout_and_flip() {
     let n = normalize(&img, false);
     let f = normalize(&img, true);
     assert_eq!(n.len(), 18);
-    // channels-last [h, w, 3]
-    assert_eq!(n[(1 * 3 + 2) * 3], expected([100, 100, 7])[0]);
-    assert_eq!(n[(1 * 3 + 2) * 3 + 1], expected([100, 100, 7])[1]);
+    // channels-last [h, w, 3]: pixel (x 2, y 1) is element (1 * 3 + 2) * 3
+    assert_eq!(n[(3 + 2) * 3], expected([100, 100, 7])[0]);
+    assert_eq!(n[(3 + 2) * 3 + 1], expected([100, 100, 7])[1]);
     for y in 0..2 {
         for x in 0..3 {
             for c in 0..3 {

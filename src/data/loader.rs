@@ -207,7 +207,7 @@ impl Loader {
         if cfg.batch == 0 {
             bail!("batch size must be at least 1");
         }
-        if cfg.size == 0 || cfg.size % 32 != 0 {
+        if cfg.size == 0 || !cfg.size.is_multiple_of(32) {
             bail!("input size {} must be a positive multiple of 32 (one mask patch = 32×32 pixels)", cfg.size);
         }
         if !(0.0..1.0).contains(&cfg.mask_ratio) {
