@@ -3,9 +3,13 @@
 //!
 //! Layout (see README.md): `gpu` (device, buffers, kernels, dispatch replay),
 //! `sparse` (active sets and neighbour maps), `ops` (one file per kernel family:
-//! launcher + CPU reference + tests).
+//! launcher + CPU reference + tests), `graph` (the static graph with its tape),
+//! `model` (encoders, densify, decoder), `optim` (LAMB, schedules), `data`, `io`
+//! (safetensors, golden cases, .pth import), `train` (the pre-training loop),
+//! `parity`, `cli`.
 
 pub mod cli;
+pub mod data;
 pub mod gpu;
 pub mod io;
 pub mod ops;
