@@ -135,7 +135,7 @@ struct BiasGradParams {
 }
 
 /// `u32` for a kernel parameter, with a clear error when a size outgrows 32-bit indexing.
-fn u(v: usize, what: &str) -> Result<u32> {
+pub(crate) fn u(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| anyhow::anyhow!("{what} = {v} exceeds 32-bit kernel indexing"))
 }
 
@@ -246,7 +246,7 @@ pub fn conv_data_grad(
 
 /// Rows per split and split count of a split-K reduction whose partial slice has `count`
 /// elements, within the adapter's storage binding size.
-fn splits_for(ctx: &GpuContext, rows: usize, threads_per_split: usize, count: usize) -> (usize, usize) {
+pub(crate) fn splits_for(ctx: &GpuContext, rows: usize, threads_per_split: usize, count: usize) -> (usize, usize) {
     let max_bytes = ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size);
     let slice_bytes = count as u64 * 4;
     assert!(

@@ -1,3 +1,5 @@
 pub mod fill;
 pub mod reduce;
 pub mod conv;
+pub mod depthwise;
+pub mod maxpool;
