@@ -73,9 +73,34 @@ impl ConvShape {
     }
 }
 
-/// Output rows × output channels owned by one thread of `conv.wgsl` (its `TR`, `4 * TV`).
-pub const TILE_ROWS: usize = 4;
-pub const TILE_COLS: usize = 8;
+/// A gather-GEMM kernel and the output rows × output channels one thread owns (its
+/// WGSL `TR`, `4 * TV`).
+#[derive(Clone, Copy, Debug)]
+struct GemmTile {
+    kernel: &'static str,
+    rows: usize,
+    cols: usize,
+}
+
+/// GPUs: a tile that stays in registers.
+const GPU_TILE: GemmTile = GemmTile { kernel: "conv", rows: 4, cols: 8 };
+/// CPU drivers: loads cost far more than FMAs and spills are cheap (see conv_cpu.wgsl).
+const CPU_TILE: GemmTile = GemmTile { kernel: "conv_cpu", rows: 16, cols: 16 };
+/// CPU drivers, K and N multiples of 4: vec4 loads and stores (see conv_cpu_vec4.wgsl).
+const CPU_VEC4_TILE: GemmTile = GemmTile { kernel: "conv_cpu_vec4", rows: 16, cols: 16 };
+
+fn tile_for(ctx: &GpuContext, k: usize, n: usize) -> GemmTile {
+    let cpu = match std::env::var("SPARK_CONV_TILE").as_deref() {
+        Ok("gpu") => return GPU_TILE,
+        Ok("cpu") => return CPU_TILE,
+        _ => ctx.info.device_type == wgpu::DeviceType::Cpu,
+    };
+    match cpu {
+        false => GPU_TILE,
+        true if k % 4 == 0 && n % 4 == 0 => CPU_VEC4_TILE,
+        true => CPU_TILE,
+    }
+}
 /// Input × output channels owned by one thread of `conv_wgrad.wgsl`.
 const WGRAD_TILE_K: usize = 4;
 const WGRAD_TILE_N: usize = 8;
@@ -141,13 +166,12 @@ pub(crate) fn u(v: usize, what: &str) -> Result<u32> {
 
 /// Re-lay `w` (strides `l`) as `wt[(t * k + kk) * n_pad + nn]`, `n_pad` a multiple of the
 /// column tile, zero-padded. Returns the scratch (kept alive by the bind groups).
-fn relayout(ctx: &GpuContext, w: &GpuTensor, l: WeightLayout, taps: usize, k: usize, n: usize) -> Result<(GpuTensor, usize, Dispatch)> {
+fn relayout(ctx: &GpuContext, w: &GpuTensor, l: WeightLayout, taps: usize, k: usize, n: usize, n_pad: usize) -> Result<(GpuTensor, Dispatch)> {
     ensure!(
         w.len >= l.extent(taps, k, n),
         "conv weight of {} elements is too small for layout {l:?} with {taps} taps, {k}×{n} channels",
         w.len
     );
-    let n_pad = n.next_multiple_of(TILE_COLS);
     let total = taps * k * n_pad;
     let wt = ctx.zeros(total);
     let kern = ctx.kernel("conv_relayout")?;
@@ -162,7 +186,7 @@ fn relayout(ctx: &GpuContext, w: &GpuTensor, l: WeightLayout, taps: usize, k: us
         _pad: 0,
     };
     let d = ctx.dispatch(&kern, &p, &[w, &wt], total as u64);
-    Ok((wt, n_pad, d))
+    Ok((wt, d))
 }
 
 /// `out[r, n] (+)= bias[n] + Σ_t Σ_k inp[map[r, t], k] · W_t[k, n]` for `W` with strides `l`.
@@ -188,9 +212,11 @@ fn gather_gemm(
     if rows == 0 {
         return Ok(vec![]);
     }
-    let (wt, n_pad, relayout) = relayout(ctx, w, l, taps, k, n)?;
-    let ctiles = n.div_ceil(TILE_COLS);
-    let total = rows.div_ceil(TILE_ROWS) * ctiles;
+    let tile = tile_for(ctx, k, n);
+    let n_pad = n.next_multiple_of(tile.cols);
+    let (wt, relayout) = relayout(ctx, w, l, taps, k, n, n_pad)?;
+    let ctiles = n_pad / tile.cols;
+    let total = rows.div_ceil(tile.rows) * ctiles;
     let p = GatherParams {
         rows: u(rows, "rows")?,
         kin: u(k, "channels")?,
@@ -205,7 +231,7 @@ fn gather_gemm(
     };
     // Without a bias, bind the (read-only) scratch in its place: every binding must be filled.
     let b = bias.unwrap_or(&wt);
-    let kern = ctx.kernel("conv")?;
+    let kern = ctx.kernel(tile.kernel)?;
     let d = ctx.dispatch(&kern, &p, &[inp, map, &wt, b, out], total as u64);
     Ok(vec![relayout, d])
 }

@@ -102,7 +102,8 @@ fn check_case(ctx: &GpuContext, geo: &Geo, mask: &PatchMask, cin: usize, cout: u
 #[test]
 fn gpu_matches_cpu_on_every_geometry() {
     let ctx = GpuContext::new_default().unwrap();
-    let chans = [(3, 5), (5, 17), (17, 33), (33, 3)];
+    // the first four: sizes that fit no tile; the last two: multiples of 4 (vec4 kernels)
+    let chans = [(3, 5), (5, 17), (17, 33), (33, 3), (8, 20), (36, 12)];
     let mut seed = 100;
     for geo in GEOS {
         for (mname, mask) in masks() {
