@@ -1,0 +1,457 @@
+//! Gather convolution (`conv.wgsl`, `conv_relayout.wgsl`, `conv_wgrad.wgsl`,
+//! `conv_bias_grad.wgsl`): one implicit-GEMM family for every convolution of SparK.
+//!
+//! A convolution is `y[r, co] = bias[co] + Σ_t Σ_ci x[map[r, t], ci] · W_t[ci, co]` over a
+//! neighbour map from `crate::sparse` (negative entries read zero). Sparse and dense
+//! convolutions differ only in their maps; strided, transposed (maps from
+//! `sparse::transposed_conv_map`) and 1×1 convolutions (and Linear layers: `taps = 1`,
+//! identity map) are the same kernel. The data gradient is the same gather over the
+//! inverse map (`sparse::inverse_map`) with the cin/cout roles of the weight swapped, so
+//! it needs no atomics; the weight gradient is a split-K GEMM over output rows followed
+//! by the fixed-order `reduce_partials`.
+
+use anyhow::{Result, ensure};
+
+use crate::gpu::{Dispatch, GpuContext, GpuTensor};
+use crate::ops::reduce::{reduce_partials, split_count};
+use crate::sparse::NeighbourMap;
+
+/// Element strides of the stored weight: `w[t * tap + ci * cin + co * cout]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WeightLayout {
+    pub tap: usize,
+    pub cin: usize,
+    pub cout: usize,
+}
+
+impl WeightLayout {
+    /// PyTorch `Conv2d` weight `[cout, cin, kh, kw]` (and `Linear` `[out, in]` with `taps = 1`).
+    pub fn oihw(cin: usize, cout: usize, taps: usize) -> Self {
+        let _ = cout;
+        Self { tap: 1, cin: taps, cout: cin * taps }
+    }
+
+    /// PyTorch `ConvTranspose2d` weight `[cin, cout, kh, kw]`.
+    pub fn iohw(cin: usize, cout: usize, taps: usize) -> Self {
+        let _ = cin;
+        Self { tap: 1, cin: cout * taps, cout: taps }
+    }
+
+    /// The cin and cout roles exchanged (the data gradient reads `W_tᵀ`).
+    pub fn swapped(self) -> Self {
+        Self { tap: self.tap, cin: self.cout, cout: self.cin }
+    }
+
+    /// Index of `W_t[ci, co]`.
+    pub fn index(&self, t: usize, ci: usize, co: usize) -> usize {
+        t * self.tap + ci * self.cin + co * self.cout
+    }
+
+    /// One past the largest index of a `taps × cin × cout` weight.
+    pub fn extent(&self, taps: usize, cin: usize, cout: usize) -> usize {
+        if taps == 0 || cin == 0 || cout == 0 {
+            return 0;
+        }
+        self.index(taps - 1, cin - 1, cout - 1) + 1
+    }
+}
+
+/// Sizes of the forward convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub rows_in: usize,
+    pub rows_out: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub taps: usize,
+}
+
+impl ConvShape {
+    /// Multiply-adds × 2 of the forward pass (each gradient costs the same).
+    pub fn flops(&self) -> f64 {
+        2.0 * self.rows_out as f64 * self.taps as f64 * self.cin as f64 * self.cout as f64
+    }
+}
+
+/// A gather-GEMM kernel and the output rows × output channels one thread owns (its
+/// WGSL `TR`, `4 * TV`).
+#[derive(Clone, Copy, Debug)]
+struct GemmTile {
+    kernel: &'static str,
+    rows: usize,
+    cols: usize,
+}
+
+/// GPUs: a tile that stays in registers.
+const GPU_TILE: GemmTile = GemmTile { kernel: "conv", rows: 4, cols: 8 };
+/// CPU drivers: loads cost far more than FMAs and spills are cheap (see conv_cpu.wgsl).
+const CPU_TILE: GemmTile = GemmTile { kernel: "conv_cpu", rows: 16, cols: 16 };
+/// CPU drivers, K and N multiples of 4: vec4 loads and stores (see conv_cpu_vec4.wgsl).
+const CPU_VEC4_TILE: GemmTile = GemmTile { kernel: "conv_cpu_vec4", rows: 16, cols: 16 };
+
+fn tile_for(ctx: &GpuContext, k: usize, n: usize) -> GemmTile {
+    let cpu = match std::env::var("SPARK_CONV_TILE").as_deref() {
+        Ok("gpu") => return GPU_TILE,
+        Ok("cpu") => return CPU_TILE,
+        _ => ctx.info.device_type == wgpu::DeviceType::Cpu,
+    };
+    match cpu {
+        false => GPU_TILE,
+        true if k % 4 == 0 && n % 4 == 0 => CPU_VEC4_TILE,
+        true => CPU_TILE,
+    }
+}
+/// Input × output channels owned by one thread of `conv_wgrad.wgsl`.
+const WGRAD_TILE_K: usize = 4;
+const WGRAD_TILE_N: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RelayoutParams {
+    total: u32,
+    kn: u32,
+    n: u32,
+    n_pad: u32,
+    st: u32,
+    sk: u32,
+    sn: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct GatherParams {
+    rows: u32,
+    kin: u32,
+    n: u32,
+    nv: u32,
+    taps: u32,
+    ctiles: u32,
+    has_bias: u32,
+    accumulate: u32,
+    total: u32,
+    _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct WgradParams {
+    rows: u32,
+    kin: u32,
+    n: u32,
+    taps: u32,
+    ktiles: u32,
+    ntiles: u32,
+    rows_per_split: u32,
+    total: u32,
+    st: u32,
+    sk: u32,
+    sn: u32,
+    count: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct BiasGradParams {
+    rows: u32,
+    c: u32,
+    rows_per_split: u32,
+    total: u32,
+}
+
+/// `u32` for a kernel parameter, with a clear error when a size outgrows 32-bit indexing.
+pub(crate) fn u(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| anyhow::anyhow!("{what} = {v} exceeds 32-bit kernel indexing"))
+}
+
+/// Re-lay `w` (strides `l`) as `wt[(t * k + kk) * n_pad + nn]`, `n_pad` a multiple of the
+/// column tile, zero-padded. Returns the scratch (kept alive by the bind groups).
+fn relayout(ctx: &GpuContext, w: &GpuTensor, l: WeightLayout, taps: usize, k: usize, n: usize, n_pad: usize) -> Result<(GpuTensor, Dispatch)> {
+    ensure!(
+        w.len >= l.extent(taps, k, n),
+        "conv weight of {} elements is too small for layout {l:?} with {taps} taps, {k}×{n} channels",
+        w.len
+    );
+    let total = taps * k * n_pad;
+    let wt = ctx.zeros(total);
+    let kern = ctx.kernel("conv_relayout")?;
+    let p = RelayoutParams {
+        total: u(total, "weight size")?,
+        kn: u(k, "channels")?,
+        n: u(n, "channels")?,
+        n_pad: u(n_pad, "channels")?,
+        st: u(l.tap, "weight stride")?,
+        sk: u(l.cin, "weight stride")?,
+        sn: u(l.cout, "weight stride")?,
+        _pad: 0,
+    };
+    let d = ctx.dispatch(&kern, &p, &[w, &wt], total as u64);
+    Ok((wt, d))
+}
+
+/// `out[r, n] (+)= bias[n] + Σ_t Σ_k inp[map[r, t], k] · W_t[k, n]` for `W` with strides `l`.
+#[allow(clippy::too_many_arguments)]
+fn gather_gemm(
+    ctx: &GpuContext,
+    inp: &GpuTensor,
+    map: &GpuTensor,
+    w: &GpuTensor,
+    l: WeightLayout,
+    bias: Option<&GpuTensor>,
+    out: &GpuTensor,
+    (rows_in, rows, k, n, taps): (usize, usize, usize, usize, usize),
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
+    ensure!(k > 0 && n > 0 && taps > 0, "convolution with an empty dimension: {k} in, {n} out, {taps} taps");
+    ensure!(inp.len == rows_in * k, "conv input has {} elements, expected [{rows_in}, {k}]", inp.len);
+    ensure!(map.len == rows * taps, "neighbour map has {} entries, expected [{rows}, {taps}]", map.len);
+    ensure!(out.len == rows * n, "conv output has {} elements, expected [{rows}, {n}]", out.len);
+    if let Some(b) = bias {
+        ensure!(b.len == n, "conv bias has {} elements, expected {n}", b.len);
+    }
+    if rows == 0 {
+        return Ok(vec![]);
+    }
+    let tile = tile_for(ctx, k, n);
+    let n_pad = n.next_multiple_of(tile.cols);
+    let (wt, relayout) = relayout(ctx, w, l, taps, k, n, n_pad)?;
+    let ctiles = n_pad / tile.cols;
+    let total = rows.div_ceil(tile.rows) * ctiles;
+    let p = GatherParams {
+        rows: u(rows, "rows")?,
+        kin: u(k, "channels")?,
+        n: u(n, "channels")?,
+        nv: u(n_pad / 4, "channels")?,
+        taps: u(taps, "taps")?,
+        ctiles: u(ctiles, "tiles")?,
+        has_bias: bias.is_some() as u32,
+        accumulate: accumulate as u32,
+        total: u(total, "threads")?,
+        _pad: [0; 3],
+    };
+    // Without a bias, bind the (read-only) scratch in its place: every binding must be filled.
+    let b = bias.unwrap_or(&wt);
+    let kern = ctx.kernel(tile.kernel)?;
+    let d = ctx.dispatch(&kern, &p, &[inp, map, &wt, b, out], total as u64);
+    Ok(vec![relayout, d])
+}
+
+/// `y[r, co] (+)= bias[co] + Σ_t Σ_ci x[map[r, t], ci] · w[t*L.tap + ci*L.cin + co*L.cout]`.
+/// `x: [rows_in, cin]`, `map: i32 [rows_out, taps]`, `y: [rows_out, cout]`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_forward(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    map: &GpuTensor,
+    w: &GpuTensor,
+    layout: WeightLayout,
+    bias: Option<&GpuTensor>,
+    y: &GpuTensor,
+    s: ConvShape,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
+    gather_gemm(ctx, x, map, w, layout, bias, y, (s.rows_in, s.rows_out, s.cin, s.cout, s.taps), accumulate)
+}
+
+/// `dx[r_in, ci] (+)= Σ_t Σ_co dy[inv[r_in, t], co] · w[...]` with `inv_map =
+/// sparse::inverse_map(map, rows_in)` (`i32 [rows_in, taps]`): the forward gather run
+/// backwards, no atomics. `s` is the forward shape.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_data_grad(
+    ctx: &GpuContext,
+    dy: &GpuTensor,
+    inv_map: &GpuTensor,
+    w: &GpuTensor,
+    layout: WeightLayout,
+    dx: &GpuTensor,
+    s: ConvShape,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
+    gather_gemm(ctx, dy, inv_map, w, layout.swapped(), None, dx, (s.rows_out, s.rows_in, s.cout, s.cin, s.taps), accumulate)
+}
+
+/// Rows per split and split count of a split-K reduction whose partial slice has `count`
+/// elements, within the adapter's storage binding size.
+pub(crate) fn splits_for(ctx: &GpuContext, rows: usize, threads_per_split: usize, count: usize) -> (usize, usize) {
+    let max_bytes = ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size);
+    let slice_bytes = count as u64 * 4;
+    assert!(
+        slice_bytes <= max_bytes,
+        "a weight gradient of {count} elements ({slice_bytes} bytes) exceeds the adapter's storage binding limit of {max_bytes} bytes"
+    );
+    let fit = (max_bytes / slice_bytes.max(1)).max(1) as usize;
+    let splits = split_count(rows, threads_per_split).min(fit).max(1);
+    let rows_per_split = rows.div_ceil(splits).max(1);
+    (rows.div_ceil(rows_per_split).max(1), rows_per_split)
+}
+
+/// `partials[s, c] = Σ_{r in split s} dy[r, c]` then `reduce_partials` into `dbias`
+/// (shared with the depthwise convolution).
+pub(crate) fn bias_grad(ctx: &GpuContext, dy: &GpuTensor, dbias: &GpuTensor, rows: usize, c: usize) -> Result<Vec<Dispatch>> {
+    ensure!(dbias.len == c, "bias gradient has {} elements, expected {c}", dbias.len);
+    ensure!(dy.len == rows * c, "output gradient has {} elements, expected [{rows}, {c}]", dy.len);
+    let (splits, rps) = splits_for(ctx, rows, c, c);
+    let partials = if splits == 1 { dbias.clone() } else { ctx.zeros(splits * c) };
+    let total = splits * c;
+    let p = BiasGradParams { rows: u(rows, "rows")?, c: u(c, "channels")?, rows_per_split: u(rps, "rows")?, total: u(total, "threads")? };
+    let kern = ctx.kernel("conv_bias_grad")?;
+    let mut out = vec![ctx.dispatch(&kern, &p, &[dy, &partials], total as u64)];
+    if splits > 1 {
+        out.push(reduce_partials(ctx, &partials, dbias, splits, 1.0, false)?);
+    }
+    Ok(out)
+}
+
+/// `dw[t, ci, co] = Σ_r x[map[r, t], ci] · dy[r, co]` in the stored layout (overwritten;
+/// `dw` must be exactly `taps × cin × cout` elements, as every PyTorch layout is) and
+/// `dbias[co] = Σ_r dy[r, co]`: split-K partials over output rows + `reduce_partials`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_weight_grad(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    map: &GpuTensor,
+    dy: &GpuTensor,
+    dw: &GpuTensor,
+    layout: WeightLayout,
+    dbias: Option<&GpuTensor>,
+    s: ConvShape,
+) -> Result<Vec<Dispatch>> {
+    let count = s.taps * s.cin * s.cout;
+    ensure!(count > 0, "convolution with an empty dimension: {s:?}");
+    ensure!(dw.len == count, "weight gradient has {} elements, expected {count} ({s:?})", dw.len);
+    ensure!(layout.extent(s.taps, s.cin, s.cout) == count, "layout {layout:?} is not a dense {count}-element weight");
+    ensure!(x.len == s.rows_in * s.cin, "conv input has {} elements, expected [{}, {}]", x.len, s.rows_in, s.cin);
+    ensure!(map.len == s.rows_out * s.taps, "neighbour map has {} entries, expected [{}, {}]", map.len, s.rows_out, s.taps);
+    ensure!(dy.len == s.rows_out * s.cout, "output gradient has {} elements, expected [{}, {}]", dy.len, s.rows_out, s.cout);
+    let (ktiles, ntiles) = (s.cin.div_ceil(WGRAD_TILE_K), s.cout.div_ceil(WGRAD_TILE_N));
+    let per_split = s.taps * ktiles * ntiles;
+    let (splits, rps) = splits_for(ctx, s.rows_out, per_split, count);
+    // One split writes dw directly; more write partials for the fixed-order combine.
+    let partials = if splits == 1 { dw.clone() } else { ctx.zeros(splits * count) };
+    let total = splits * per_split;
+    let p = WgradParams {
+        rows: u(s.rows_out, "rows")?,
+        kin: u(s.cin, "channels")?,
+        n: u(s.cout, "channels")?,
+        taps: u(s.taps, "taps")?,
+        ktiles: u(ktiles, "tiles")?,
+        ntiles: u(ntiles, "tiles")?,
+        rows_per_split: u(rps, "rows")?,
+        total: u(total, "threads")?,
+        st: u(layout.tap, "weight stride")?,
+        sk: u(layout.cin, "weight stride")?,
+        sn: u(layout.cout, "weight stride")?,
+        count: u(count, "weight size")?,
+    };
+    u(splits * count, "partials size")?;
+    let kern = ctx.kernel("conv_wgrad")?;
+    let mut out = vec![ctx.dispatch(&kern, &p, &[x, map, dy, &partials], total as u64)];
+    if splits > 1 {
+        out.push(reduce_partials(ctx, &partials, dw, splits, 1.0, false)?);
+    }
+    if let Some(db) = dbias {
+        out.extend(bias_grad(ctx, dy, db, s.rows_out, s.cout)?);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// CPU references (f64 inside; the f64 cores also serve the finite-difference tests).
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&a| a as f64).collect()
+}
+
+fn to32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&a| a as f32).collect()
+}
+
+pub(crate) fn forward64(x: &[f64], map: &NeighbourMap, w: &[f64], l: WeightLayout, bias: Option<&[f64]>, s: ConvShape) -> Vec<f64> {
+    assert_eq!(map.rows_out, s.rows_out);
+    assert_eq!(map.taps, s.taps);
+    let mut y = vec![0f64; s.rows_out * s.cout];
+    for r in 0..s.rows_out {
+        let yr = &mut y[r * s.cout..(r + 1) * s.cout];
+        if let Some(b) = bias {
+            yr.copy_from_slice(b);
+        }
+        for t in 0..s.taps {
+            let m = map.get(r, t);
+            if m < 0 {
+                continue;
+            }
+            let xr = &x[m as usize * s.cin..(m as usize + 1) * s.cin];
+            for (ci, &xv) in xr.iter().enumerate() {
+                for (co, yv) in yr.iter_mut().enumerate() {
+                    *yv += xv * w[l.index(t, ci, co)];
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Scatter form of the data gradient (independent of the GPU's inverse-map gather).
+pub(crate) fn data_grad64(dy: &[f64], map: &NeighbourMap, w: &[f64], l: WeightLayout, s: ConvShape) -> Vec<f64> {
+    let mut dx = vec![0f64; s.rows_in * s.cin];
+    for r in 0..s.rows_out {
+        for t in 0..s.taps {
+            let m = map.get(r, t);
+            if m < 0 {
+                continue;
+            }
+            for ci in 0..s.cin {
+                let mut acc = 0f64;
+                for co in 0..s.cout {
+                    acc += dy[r * s.cout + co] * w[l.index(t, ci, co)];
+                }
+                dx[m as usize * s.cin + ci] += acc;
+            }
+        }
+    }
+    dx
+}
+
+pub(crate) fn weight_grad64(x: &[f64], map: &NeighbourMap, dy: &[f64], l: WeightLayout, s: ConvShape) -> (Vec<f64>, Vec<f64>) {
+    let mut dw = vec![0f64; l.extent(s.taps, s.cin, s.cout)];
+    let mut db = vec![0f64; s.cout];
+    for r in 0..s.rows_out {
+        for co in 0..s.cout {
+            db[co] += dy[r * s.cout + co];
+        }
+        for t in 0..s.taps {
+            let m = map.get(r, t);
+            if m < 0 {
+                continue;
+            }
+            for ci in 0..s.cin {
+                let xv = x[m as usize * s.cin + ci];
+                for co in 0..s.cout {
+                    dw[l.index(t, ci, co)] += xv * dy[r * s.cout + co];
+                }
+            }
+        }
+    }
+    (dw, db)
+}
+
+/// CPU reference of `conv_forward` (without accumulation).
+pub fn conv_forward_ref(x: &[f32], map: &NeighbourMap, w: &[f32], layout: WeightLayout, bias: Option<&[f32]>, s: ConvShape) -> Vec<f32> {
+    let b = bias.map(to64);
+    to32(&forward64(&to64(x), map, &to64(w), layout, b.as_deref(), s))
+}
+
+/// CPU reference of `conv_data_grad`: `dx [rows_in, cin]` from `dy [rows_out, cout]` and
+/// the FORWARD map (computed as a scatter).
+pub fn conv_data_grad_ref(dy: &[f32], map: &NeighbourMap, w: &[f32], layout: WeightLayout, s: ConvShape) -> Vec<f32> {
+    to32(&data_grad64(&to64(dy), map, &to64(w), layout, s))
+}
+
+/// CPU reference of `conv_weight_grad`: `(dw in the stored layout, dbias)`.
+pub fn conv_weight_grad_ref(x: &[f32], map: &NeighbourMap, dy: &[f32], layout: WeightLayout, s: ConvShape) -> (Vec<f32>, Vec<f32>) {
+    let (dw, db) = weight_grad64(&to64(x), map, &to64(dy), layout, s);
+    (to32(&dw), to32(&db))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+//! GPU against CPU on every convolution geometry of SparK, and the CPU backward against
+//! central finite differences.
+
+use super::*;
+use crate::sparse::{ActiveSet, PatchMask, Window, conv_map, inverse_map, transposed_conv_map};
+use crate::testing::{assert_close, assert_grad_matches, numeric_grad, random_patch_mask, random_vec};
+
+/// One layer geometry: window, transposed or not, input side, and whether it is a dense
+/// (decoder) layer whose active sets ignore the mask.
+#[derive(Clone, Copy)]
+struct Geo {
+    name: &'static str,
+    win: Window,
+    transposed: bool,
+    h_in: usize,
+    dense: bool,
+}
+
+const GEOS: &[Geo] = &[
+    Geo { name: "sparse 1x1/1", win: Window::new(1, 1, 0), transposed: false, h_in: 6, dense: false },
+    Geo { name: "sparse 3x3/1", win: Window::new(3, 1, 1), transposed: false, h_in: 6, dense: false },
+    Geo { name: "sparse 7x7/1", win: Window::new(7, 1, 3), transposed: false, h_in: 8, dense: false },
+    Geo { name: "resnet stem 7x7/2", win: Window::new(7, 2, 3), transposed: false, h_in: 12, dense: false },
+    Geo { name: "sparse 3x3/2", win: Window::new(3, 2, 1), transposed: false, h_in: 8, dense: false },
+    Geo { name: "sparse 1x1/2", win: Window::new(1, 2, 0), transposed: false, h_in: 8, dense: false },
+    Geo { name: "convnext stem 4x4/4", win: Window::new(4, 4, 0), transposed: false, h_in: 16, dense: false },
+    Geo { name: "convnext down 2x2/2", win: Window::new(2, 2, 0), transposed: false, h_in: 8, dense: false },
+    Geo { name: "sparse transposed 4x4/2", win: Window::new(4, 2, 1), transposed: true, h_in: 4, dense: false },
+    Geo { name: "dense 3x3/1", win: Window::new(3, 1, 1), transposed: false, h_in: 5, dense: true },
+    Geo { name: "dense 1x1/1", win: Window::new(1, 1, 0), transposed: false, h_in: 5, dense: true },
+    Geo { name: "dense transposed 4x4/2", win: Window::new(4, 2, 1), transposed: true, h_in: 3, dense: true },
+];
+
+const BATCH: usize = 2;
+
+/// (input set, output set, map) of `geo` under `mask` (2×2 patches per image).
+fn sets(geo: &Geo, mask: &PatchMask) -> (ActiveSet, ActiveSet, NeighbourMap) {
+    let h_out = if geo.transposed { geo.win.transposed_out_size(geo.h_in) } else { geo.win.out_size(geo.h_in) };
+    let (i, o) = if geo.dense {
+        (ActiveSet::dense(mask.batch, geo.h_in, geo.h_in), ActiveSet::dense(mask.batch, h_out, h_out))
+    } else {
+        (ActiveSet::from_patch_mask(mask, geo.h_in, geo.h_in), ActiveSet::from_patch_mask(mask, h_out, h_out))
+    };
+    let m = if geo.transposed { transposed_conv_map(&i, &o, geo.win) } else { conv_map(&i, &o, geo.win) };
+    (i, o, m)
+}
+
+fn layout_of(geo: &Geo, cin: usize, cout: usize) -> WeightLayout {
+    let taps = geo.win.taps();
+    if geo.transposed { WeightLayout::iohw(cin, cout, taps) } else { WeightLayout::oihw(cin, cout, taps) }
+}
+
+fn masks() -> Vec<(&'static str, PatchMask)> {
+    vec![
+        ("all visible", PatchMask::all_visible(BATCH, 2, 2)),
+        ("half visible", random_patch_mask(11, BATCH, 2, 2, 0.5)),
+        ("one visible", random_patch_mask(12, BATCH, 2, 2, 0.0)),
+    ]
+}
+
+/// Forward, data gradient and weight gradient of one case on the GPU against the CPU.
+#[allow(clippy::too_many_arguments)]
+fn check_case(ctx: &GpuContext, geo: &Geo, mask: &PatchMask, cin: usize, cout: usize, bias: bool, acc: bool, seed: u64, what: &str) {
+    let (inp, out, map) = sets(geo, mask);
+    let inv = inverse_map(&map, inp.rows());
+    let taps = geo.win.taps();
+    let s = ConvShape { rows_in: inp.rows(), rows_out: out.rows(), cin, cout, taps };
+    let l = layout_of(geo, cin, cout);
+    let x = random_vec(seed, s.rows_in * cin);
+    let w = random_vec(seed + 1, taps * cin * cout);
+    let b = random_vec(seed + 2, cout);
+    let g = random_vec(seed + 3, s.rows_out * cout);
+    let y0 = if acc { random_vec(seed + 4, s.rows_out * cout) } else { vec![7.0; s.rows_out * cout] };
+    let dx0 = if acc { random_vec(seed + 5, s.rows_in * cin) } else { vec![7.0; s.rows_in * cin] };
+
+    let (xt, mt, it, wt, bt, gt) =
+        (ctx.upload(&x), ctx.upload(&map.map), ctx.upload(&inv.map), ctx.upload(&w), ctx.upload(&b), ctx.upload(&g));
+    let (yt, dxt) = (ctx.upload(&y0), ctx.upload(&dx0));
+    let (dwt, dbt) = (ctx.upload(&vec![9.0f32; w.len()]), ctx.upload(&vec![9.0f32; cout]));
+    let mut ds = conv_forward(ctx, &xt, &mt, &wt, l, bias.then_some(&bt), &yt, s, acc).unwrap();
+    ds.extend(conv_data_grad(ctx, &gt, &it, &wt, l, &dxt, s, acc).unwrap());
+    ds.extend(conv_weight_grad(ctx, &xt, &mt, &gt, &dwt, l, bias.then_some(&dbt), s).unwrap());
+    ctx.run(&ds).unwrap();
+
+    let base = |init: &[f32], v: Vec<f32>| -> Vec<f32> {
+        if acc { v.iter().zip(init).map(|(a, b)| a + b).collect() } else { v }
+    };
+    let want_y = base(&y0, conv_forward_ref(&x, &map, &w, l, bias.then_some(&b[..]), s));
+    let want_dx = base(&dx0, conv_data_grad_ref(&g, &map, &w, l, s));
+    let (want_dw, want_db) = conv_weight_grad_ref(&x, &map, &g, l, s);
+    assert_close(&ctx.read_f32(&yt).unwrap(), &want_y, 1e-5, &format!("{what}: forward"));
+    assert_close(&ctx.read_f32(&dxt).unwrap(), &want_dx, 1e-5, &format!("{what}: data gradient"));
+    assert_close(&ctx.read_f32(&dwt).unwrap(), &want_dw, 1e-5, &format!("{what}: weight gradient"));
+    let db = ctx.read_f32(&dbt).unwrap();
+    if bias {
+        assert_close(&db, &want_db, 1e-5, &format!("{what}: bias gradient"));
+    } else {
+        assert_eq!(db, vec![9.0; cout], "{what}: bias gradient written without a bias");
+    }
+}
+
+#[test]
+fn gpu_matches_cpu_on_every_geometry() {
+    let ctx = GpuContext::new_default().unwrap();
+    // the first four: sizes that fit no tile; the last two: multiples of 4 (vec4 kernels)
+    let chans = [(3, 5), (5, 17), (17, 33), (33, 3), (8, 20), (36, 12)];
+    let mut seed = 100;
+    for geo in GEOS {
+        for (mname, mask) in masks() {
+            if geo.dense && mname != "all visible" {
+                continue; // a dense layer's sets do not depend on the mask
+            }
+            for (i, &(cin, cout)) in chans.iter().enumerate() {
+                // every (bias, accumulate) combination appears once per geometry and mask
+                let (bias, acc) = (i % 2 == 0, (i / 2) % 2 == 0);
+                let what = format!("{} ({mname}, {cin}->{cout}, bias {bias}, accumulate {acc})", geo.name);
+                check_case(&ctx, geo, &mask, cin, cout, bias, acc, seed, &what);
+                seed += 10;
+            }
+        }
+    }
+}
+
+#[test]
+fn weight_gradient_with_many_splits() {
+    // 1152 rows: split-K uses many splits for both dw and dbias.
+    let ctx = GpuContext::new_default().unwrap();
+    let geo = Geo { name: "dense 3x3/1 big", win: Window::new(3, 1, 1), transposed: false, h_in: 24, dense: true };
+    let mask = PatchMask::all_visible(BATCH, 2, 2);
+    check_case(&ctx, &geo, &mask, 5, 17, true, false, 7, geo.name);
+    let geo = Geo { name: "stem big", win: Window::new(7, 2, 3), transposed: false, h_in: 32, dense: false };
+    check_case(&ctx, &geo, &random_patch_mask(3, 3, 2, 2, 0.5), 3, 9, false, true, 8, geo.name);
+}
+
+#[test]
+fn linear_layer_is_a_one_tap_conv() {
+    // Linear [out, in] over rows: identity map, taps = 1, oihw layout.
+    let ctx = GpuContext::new_default().unwrap();
+    let (rows, cin, cout) = (37, 17, 33);
+    let map = NeighbourMap { rows_out: rows, taps: 1, map: (0..rows as i32).collect() };
+    let s = ConvShape { rows_in: rows, rows_out: rows, cin, cout, taps: 1 };
+    let (x, w, b) = (random_vec(1, rows * cin), random_vec(2, cout * cin), random_vec(3, cout));
+    let (xt, mt, wt, bt, yt) = (ctx.upload(&x), ctx.upload(&map.map), ctx.upload(&w), ctx.upload(&b), ctx.zeros(rows * cout));
+    ctx.run(&conv_forward(&ctx, &xt, &mt, &wt, WeightLayout::oihw(cin, cout, 1), Some(&bt), &yt, s, false).unwrap()).unwrap();
+    let want: Vec<f32> = (0..rows * cout)
+        .map(|i| {
+            let (r, o) = (i / cout, i % cout);
+            b[o] + (0..cin).map(|c| x[r * cin + c] * w[o * cin + c]).sum::<f32>()
+        })
+        .collect();
+    assert_close(&ctx.read_f32(&yt).unwrap(), &want, 1e-5, "linear");
+}
+
+#[test]
+fn layouts_match_pytorch() {
+    let l = WeightLayout::oihw(3, 5, 9);
+    assert_eq!(l.index(4, 2, 1), 1 * 3 * 9 + 2 * 9 + 4);
+    let l = WeightLayout::iohw(3, 5, 16);
+    assert_eq!(l.index(7, 2, 4), 2 * 5 * 16 + 4 * 16 + 7);
+    assert_eq!(l.swapped().index(7, 4, 2), l.index(7, 2, 4));
+    assert_eq!(l.extent(16, 3, 5), 3 * 5 * 16);
+}
+
+/// CPU backward against finite differences of `L = Σ g · conv(x, w, b)`.
+fn check_numeric(geo: &Geo, mask: &PatchMask) {
+    let (inp, out, map) = sets(geo, mask);
+    let (cin, cout, taps) = (2, 3, geo.win.taps());
+    let s = ConvShape { rows_in: inp.rows(), rows_out: out.rows(), cin, cout, taps };
+    let l = layout_of(geo, cin, cout);
+    let x = to64(&random_vec(1, s.rows_in * cin));
+    let w = to64(&random_vec(2, taps * cin * cout));
+    let b = to64(&random_vec(3, cout));
+    let g = to64(&random_vec(4, s.rows_out * cout));
+    let loss = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
+        forward64(x, &map, w, l, Some(b), s).iter().zip(&g).map(|(y, g)| y * g).sum()
+    };
+    let dx = data_grad64(&g, &map, &w, l, s);
+    let (dw, db) = weight_grad64(&x, &map, &g, l, s);
+    assert_grad_matches(&dx, &numeric_grad(|v| loss(v, &w, &b), &x, 1e-4), 1e-6, &format!("{}: dx", geo.name));
+    assert_grad_matches(&dw, &numeric_grad(|v| loss(&x, v, &b), &w, 1e-4), 1e-6, &format!("{}: dw", geo.name));
+    assert_grad_matches(&db, &numeric_grad(|v| loss(&x, &w, v), &b, 1e-4), 1e-6, &format!("{}: db", geo.name));
+}
+
+#[test]
+fn cpu_backward_matches_finite_differences() {
+    let mask = random_patch_mask(5, BATCH, 2, 2, 0.5);
+    for geo in [
+        Geo { name: "3x3/1", win: Window::new(3, 1, 1), transposed: false, h_in: 4, dense: false },
+        Geo { name: "3x3/2", win: Window::new(3, 2, 1), transposed: false, h_in: 8, dense: false },
+        Geo { name: "7x7/2", win: Window::new(7, 2, 3), transposed: false, h_in: 8, dense: false },
+        Geo { name: "transposed 4x4/2", win: Window::new(4, 2, 1), transposed: true, h_in: 2, dense: false },
+        Geo { name: "dense transposed 4x4/2", win: Window::new(4, 2, 1), transposed: true, h_in: 3, dense: true },
+    ] {
+        check_numeric(&geo, &mask);
+    }
+}
