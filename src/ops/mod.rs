@@ -1,2 +1,3 @@
 pub mod fill;
 pub mod reduce;
+pub mod loss;
