@@ -7,5 +7,6 @@
 
 pub mod gpu;
 pub mod ops;
+pub mod optim;
 pub mod sparse;
 pub mod testing;
