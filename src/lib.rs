@@ -13,5 +13,6 @@ pub mod data;
 pub mod gpu;
 pub mod io;
 pub mod ops;
+pub mod optim;
 pub mod sparse;
 pub mod testing;

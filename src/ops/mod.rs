@@ -12,3 +12,4 @@ pub mod layernorm;
 pub mod loss;
 pub mod maxpool;
 pub mod reduce;
+pub mod loss;
