@@ -11,8 +11,12 @@
 pub mod cli;
 pub mod data;
 pub mod gpu;
+pub mod graph;
 pub mod io;
+pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod parity;
 pub mod sparse;
 pub mod testing;
+pub mod train;

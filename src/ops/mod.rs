@@ -12,4 +12,3 @@ pub mod layernorm;
 pub mod loss;
 pub mod maxpool;
 pub mod reduce;
-pub mod loss;
