@@ -177,7 +177,7 @@ pub fn pretrain(
     let mut interrupted = false;
     let mut step = start;
     let mut last_ckpt = start;
-    let mut record = |log: &mut std::fs::File,
+    let record = |log: &mut std::fs::File,
                       losses: &mut Vec<(usize, f32)>,
                       done: &[(usize, f32)],
                       sched: &HashMap<usize, (f64, f64)>,
