@@ -42,7 +42,7 @@ pub fn masked_patch_loss(
     w: usize,
     patch: usize,
 ) -> Result<Vec<Dispatch>> {
-    ensure!(patch >= 2 && h % patch == 0 && w % patch == 0, "image {h}x{w} is not a whole number of {patch}x{patch} patches");
+    ensure!(patch >= 2 && h.is_multiple_of(patch) && w.is_multiple_of(patch), "image {h}x{w} is not a whole number of {patch}x{patch} patches");
     let n = batch * h * w * 3;
     ensure!(image.len == n && rec.len == n && d_rec.len == n, "image, rec and d_rec must be [B, H, W, 3] = {n} values");
     let (fh, fw) = (h / patch, w / patch);
