@@ -64,11 +64,19 @@ fn decays(seg: u32) -> bool {
     return table[3u * p.n_chunks + 3u * seg + 2u] != 0u && scalars[1] != 0.0;
 }
 
-// The Adam update of element i from the current moments, plus wd * p when decaying.
-fn update_of(i: u32, decay: bool) -> f32 {
-    let denom = sqrt(exp_avg_sq[i]) / scalars[3] + p.eps;
-    var u = (exp_avg[i] / scalars[2]) / denom;
-    if (decay) { u += scalars[1] * params[i]; }
+// Per-step values, loaded once per invocation (storage loads are not hoisted out of
+// loops by every compiler; on llvmpipe each costs a bounds-checked gather).
+struct Hyper { lr: f32, wd: f32, bc1: f32, sqrt_bc2: f32 }
+fn hyper() -> Hyper {
+    return Hyper(scalars[0], scalars[1], scalars[2], scalars[3]);
+}
+
+// The Adam update from the current moments, plus wd * w when decaying (timm:
+// `(exp_avg / bc1) / (sqrt(exp_avg_sq) / sqrt(bc2) + eps)`, then `update.add_(p, alpha=wd)`).
+fn update_of(m: f32, v: f32, w: f32, h: Hyper, decay: bool) -> f32 {
+    let denom = sqrt(v) / h.sqrt_bc2 + p.eps;
+    var u = (m / h.bc1) / denom;
+    if (decay) { u += h.wd * w; }
     return u;
 }
 
@@ -109,16 +117,19 @@ fn moments(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     let len = table[3u * c + 1u];
     let decay = decays(table[3u * c + 2u]);
     let clip_factor = scalars[5];
+    let h = hyper();
     var su = 0.0;
     var sp = 0.0;
     for (var k = l.x; k < len; k += WG) {
         let i = start + k;
         let g = grads[i] * clip_factor;
-        exp_avg[i] = exp_avg[i] * p.beta1 + p.one_minus_beta1 * g;
-        exp_avg_sq[i] = exp_avg_sq[i] * p.beta2 + p.one_minus_beta2 * g * g;
-        let u = update_of(i, decay);
-        su += u * u;
+        let m = exp_avg[i] * p.beta1 + p.one_minus_beta1 * g;
+        let v = exp_avg_sq[i] * p.beta2 + p.one_minus_beta2 * g * g;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
         let w = params[i];
+        let u = update_of(m, v, w, h, decay);
+        su += u * u;
         sp += w * w;
     }
     let tu = wg_sum(su, l.x);
@@ -161,9 +172,10 @@ fn apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let seg = table[3u * c + 2u];
     let decay = decays(seg);
     let r = scalars[8u + seg];
-    let lr = scalars[0];
+    let h = hyper();
     for (var k = l.x; k < len; k += WG) {
         let i = start + k;
-        params[i] = params[i] - lr * (update_of(i, decay) * r);
+        let w = params[i];
+        params[i] = w - h.lr * (update_of(exp_avg[i], exp_avg_sq[i], w, h, decay) * r);
     }
 }

@@ -42,7 +42,7 @@ pub fn masked_patch_loss(
     w: usize,
     patch: usize,
 ) -> Result<Vec<Dispatch>> {
-    ensure!(patch >= 2 && h % patch == 0 && w % patch == 0, "image {h}x{w} is not a whole number of {patch}x{patch} patches");
+    ensure!(patch >= 1 && h.is_multiple_of(patch) && w.is_multiple_of(patch), "image {h}x{w} is not a whole number of {patch}x{patch} patches");
     let n = batch * h * w * 3;
     ensure!(image.len == n && rec.len == n && d_rec.len == n, "image, rec and d_rec must be [B, H, W, 3] = {n} values");
     let (fh, fw) = (h / patch, w / patch);
@@ -289,5 +289,24 @@ mod tests {
         if checked == 0 {
             eprintln!("no golden case found; skipped");
         }
+    }
+
+    /// `cargo test --lib loss_timing -- --ignored --nocapture`: batch 16 at 224x224.
+    #[test]
+    #[ignore]
+    fn loss_timing() {
+        let ctx = GpuContext::new_default().unwrap();
+        let (batch, h, w, patch) = (16, 224, 224, 32);
+        let n = batch * h * w * 3;
+        let vis = visible_u32(1, batch, 7, 7, 0.4);
+        let (ti, tr, tv) = (ctx.upload(&image(2, n)), ctx.upload(&random_vec(3, n)), ctx.upload(&vis));
+        let (tl, tp, td) = (ctx.zeros(1), ctx.zeros(vis.len()), ctx.zeros(n));
+        let d = masked_patch_loss(&ctx, &ti, &tr, &tv, &tl, &tp, &td, batch, h, w, patch).unwrap();
+        ctx.run(&d).unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..5 {
+            ctx.run(&d).unwrap();
+        }
+        eprintln!("{}: loss + d_rec, B{batch} {h}x{w}: {:.1} ms", ctx.describe(), t.elapsed().as_secs_f64() * 200.0);
     }
 }

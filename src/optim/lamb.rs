@@ -406,4 +406,43 @@ mod tests {
         assert!(Lamb::new(&ctx, &tp, &tg, vec![seg(0, 70), seg(64, 10)], LambConfig::spark(0.95)).is_err());
         assert!(Lamb::new(&ctx, &tp, &tg, vec![seg(64, 70)], LambConfig::spark(0.95)).is_err());
     }
+
+    /// `cargo test --lib lamb_step_timing -- --ignored --nocapture`: one step
+    /// over a ResNet-18-sized parameter set (62 tensors, 11.7 M values).
+    #[test]
+    #[ignore]
+    fn lamb_step_timing() {
+        let ctx = GpuContext::new_default().unwrap();
+        let sizes: Vec<usize> = (0..62).map(|i| if i % 3 == 2 { 256 } else { 11_700_000 / 41 }).collect();
+        let mut segs = vec![];
+        let mut off = 0;
+        for (i, &len) in sizes.iter().enumerate() {
+            segs.push(ParamSegment { name: format!("p{i}"), offset: off, len, weight_decay: i % 3 != 2 });
+            off += len.next_multiple_of(64);
+        }
+        let tp = ctx.upload(&random_vec(1, off));
+        let tg = ctx.upload(&random_vec(2, off));
+        let lamb = Lamb::new(&ctx, &tp, &tg, segs, LambConfig::spark(0.95)).unwrap();
+        lamb.set_hyper(&ctx, 1, 1e-3, 0.04);
+        ctx.run(lamb.dispatches()).unwrap();
+        let t = std::time::Instant::now();
+        let n = 5;
+        for step in 2..2 + n {
+            lamb.set_hyper(&ctx, step, 1e-3, 0.04);
+            ctx.run(lamb.dispatches()).unwrap();
+        }
+        let dt = t.elapsed().as_secs_f64() / n as f64;
+        let fill = crate::ops::fill::fill(&ctx, &tg, 0.5).unwrap();
+        for _ in 0..2 {
+            let t = std::time::Instant::now();
+            ctx.run(std::slice::from_ref(&fill)).unwrap();
+            eprintln!("  fill (calibration, one write pass): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+        }
+        for (name, d) in ["grad_sumsq", "clip", "moments", "trust", "apply"].iter().zip(lamb.dispatches()) {
+            let t = std::time::Instant::now();
+            ctx.run(std::slice::from_ref(d)).unwrap();
+            eprintln!("  {name}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+        }
+        eprintln!("{}: LAMB step over {off} values: {:.1} ms ({:.2} GB/s of ~9 passes x 4 B)", ctx.describe(), dt * 1e3, off as f64 * 36.0 / dt / 1e9);
+    }
 }
