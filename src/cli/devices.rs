@@ -6,7 +6,12 @@ use super::GpuArgs;
 use crate::gpu::list_adapters;
 
 pub fn run(gpu: &GpuArgs) -> Result<()> {
-    let adapters = list_adapters(&gpu.choice())?;
+    // Every backend unless one was chosen (GL included: it is how some machines run).
+    let mut choice = gpu.choice();
+    if choice.backend.is_none() {
+        choice.backend = Some("all".into());
+    }
+    let adapters = list_adapters(&choice)?;
     if adapters.is_empty() {
         bail!(
             "no GPU adapter found. On Linux without a GPU install Mesa's software Vulkan driver \

@@ -48,7 +48,8 @@ pub struct PretrainArgs {
     /// .pth, or a spark-wgpu checkpoint/export.
     #[arg(long)]
     pub init_weights: Option<PathBuf>,
-    /// Continue the run in this directory exactly where it stopped.
+    /// Continue the run in this directory exactly where it stopped (its config.json is used;
+    /// only --max-steps may be changed).
     #[arg(long, conflicts_with = "out")]
     pub resume: Option<PathBuf>,
     /// Run directory (config, log, checkpoints, loss curve).
@@ -73,7 +74,14 @@ pub struct PretrainArgs {
 pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
     let ctx = gpu.open()?;
     let (cfg, dir, resume) = match &a.resume {
-        Some(dir) => (read_run_config(dir)?, dir.clone(), true),
+        Some(dir) => {
+            let mut cfg = read_run_config(dir)?;
+            // A resumed run may be given a new step budget; everything else is the run's own.
+            if a.max_steps.is_some() {
+                cfg.max_steps = a.max_steps;
+            }
+            (cfg, dir.clone(), true)
+        }
         None => {
             let encoder = EncoderConfig::preset(&a.model)?;
             let spark = SparkConfig {

@@ -34,13 +34,17 @@ impl AdapterChoice {
         Self { name: self.name.or(env.name), backend: self.backend.or(env.backend) }
     }
 
+    /// The backends to search (`PRIMARY` when no backend was chosen).
     fn backends(&self) -> Result<wgpu::Backends> {
         Ok(match self.backend.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None => wgpu::Backends::all(),
+            // Vulkan, Metal, DX12 first; GL only when asked for or when nothing else exists
+            // (opening EGL also prints noise on headless machines).
+            None => wgpu::Backends::PRIMARY,
             Some("vulkan") | Some("vk") => wgpu::Backends::VULKAN,
             Some("metal") | Some("mtl") => wgpu::Backends::METAL,
             Some("dx12") | Some("d3d12") => wgpu::Backends::DX12,
             Some("gl") | Some("gles") | Some("opengl") => wgpu::Backends::GL,
+            Some("all") => wgpu::Backends::all(),
             Some(other) => bail!("unknown --backend {other:?}: expected vulkan, metal, dx12 or gl"),
         })
     }
@@ -114,13 +118,20 @@ impl GpuContext {
                         }
                     })?
             }
-            None => pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                force_fallback_adapter: false,
-                compatible_surface: None,
-                apply_limit_buckets: false,
-            }))
-            .map_err(|e| anyhow!("{NO_ADAPTER_HELP} ({e})"))?,
+            None => {
+                let opts = wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    force_fallback_adapter: false,
+                    compatible_surface: None,
+                    apply_limit_buckets: false,
+                };
+                match pollster::block_on(inst.request_adapter(&opts)) {
+                    Ok(a) => a,
+                    Err(_) if choice.backend.is_none() => pollster::block_on(instance(wgpu::Backends::GL).request_adapter(&opts))
+                        .map_err(|e| anyhow!("{NO_ADAPTER_HELP} ({e})"))?,
+                    Err(e) => return Err(anyhow!("{NO_ADAPTER_HELP} ({e})")),
+                }
+            }
         };
         let info = adapter.get_info();
         let limits = adapter.limits();

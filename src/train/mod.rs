@@ -66,6 +66,8 @@ pub struct RunSummary {
     pub first_loss: Option<f32>,
     pub interrupted: bool,
     pub run_dir: PathBuf,
+    /// Unreadable images reported and skipped.
+    pub skipped_images: usize,
 }
 
 fn open_source(cfg: &PretrainConfig) -> Result<Arc<dyn ImageSource>> {
@@ -253,6 +255,7 @@ pub fn pretrain(
         last_loss: losses.last().map(|l| l.1),
         interrupted,
         run_dir: run_dir.to_path_buf(),
+        skipped_images: loader.skipped_images(),
     })
 }
 

@@ -1,0 +1,166 @@
+//! End-to-end pre-training on tiny configurations: image folders with bad files,
+//! resume equality, official checkpoints in, export out, and the errors users meet.
+
+use image::{GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, RgbaImage};
+use spark_wgpu::gpu::GpuContext;
+use spark_wgpu::io::golden::golden_dir;
+use spark_wgpu::io::pth::load_state_dict;
+use spark_wgpu::io::tensors::read_safetensors;
+use spark_wgpu::model::{DensifyNorm, EncoderConfig, SparkConfig, SparkModel};
+use spark_wgpu::optim::lamb::LambConfig;
+use spark_wgpu::train::checkpoint::{self, read_any, state_dict};
+use spark_wgpu::train::{CHECKPOINT_FILE, CURVE_FILE, LOG_FILE, PretrainConfig, pretrain};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+fn tiny_cfg(data: Option<PathBuf>, max_steps: usize) -> PretrainConfig {
+    let encoder = EncoderConfig::preset("resnet_tiny").unwrap();
+    PretrainConfig {
+        model: "resnet_tiny".into(),
+        spark: SparkConfig { densify_norm: DensifyNorm::Bn, encoder, input_size: 64, dec_width: 32, mask_ratio: 0.6 },
+        data,
+        procedural_images: 16,
+        batch: 2,
+        epochs: 4,
+        max_steps: Some(max_steps),
+        base_lr: 2e-2,
+        warmup_epochs: 1.0,
+        weight_decay: 0.04,
+        weight_decay_end: 0.2,
+        beta2: 0.95,
+        seed: 3,
+        workers: 2,
+        init_weights: None,
+        save_every: None,
+    }
+}
+
+fn run(cfg: &PretrainConfig, dir: &Path, resume: bool) -> spark_wgpu::train::RunSummary {
+    let ctx = GpuContext::new_default().unwrap();
+    pretrain(&ctx, cfg, dir, resume, Arc::new(AtomicBool::new(false)), false).unwrap()
+}
+
+fn image_folder(dir: &Path) {
+    for i in 0..5u8 {
+        let img: RgbImage = ImageBuffer::from_fn(70 + i as u32 * 9, 60, |x, y| Rgb([x as u8 * 3, y as u8 * 4, i * 40]));
+        img.save(dir.join(format!("img{i}.png"))).unwrap();
+    }
+    let gray: GrayImage = ImageBuffer::from_fn(80, 80, |x, _| Luma([x as u8 * 3]));
+    gray.save(dir.join("gray.png")).unwrap();
+    let rgba: RgbaImage = ImageBuffer::from_fn(64, 90, |x, y| Rgba([x as u8, y as u8, 9, 128]));
+    rgba.save(dir.join("rgba.png")).unwrap();
+    std::fs::write(dir.join("corrupt.jpg"), b"\xff\xd8\xff\xe0 this is not a jpeg at all").unwrap();
+}
+
+#[test]
+fn pretrains_on_a_folder_with_a_corrupt_and_a_grayscale_image() {
+    let data = tempfile::tempdir().unwrap();
+    image_folder(data.path());
+    let out = tempfile::tempdir().unwrap();
+    let r = run(&tiny_cfg(Some(data.path().into()), 3), out.path(), false);
+    assert_eq!(r.steps_done, 3);
+    assert_eq!(r.skipped_images, 1);
+    assert!(r.last_loss.unwrap().is_finite());
+    let log = std::fs::read_to_string(out.path().join(LOG_FILE)).unwrap();
+    assert_eq!(log.lines().count(), 3);
+    assert!(out.path().join(CURVE_FILE).exists());
+    assert!(out.path().join(CHECKPOINT_FILE).exists());
+}
+
+#[test]
+fn a_resumed_run_equals_the_uninterrupted_run_bit_for_bit() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    run(&tiny_cfg(None, 6), a.path(), false);
+    run(&tiny_cfg(None, 3), b.path(), false);
+    run(&tiny_cfg(None, 6), b.path(), true);
+    let (ta, _) = read_safetensors(&a.path().join(CHECKPOINT_FILE)).unwrap();
+    let (tb, mb) = read_safetensors(&b.path().join(CHECKPOINT_FILE)).unwrap();
+    assert_eq!(mb.get("next_step").map(String::as_str), Some("6"));
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    for (k, x) in &ta {
+        assert_eq!(x, &tb[k], "{k} differs between the resumed and the uninterrupted run");
+    }
+    // The optimizer state travelled too.
+    assert!(ta.keys().any(|k| k.starts_with("optimizer.exp_avg_sq.")));
+}
+
+fn golden_resnet_cfg() -> SparkConfig {
+    SparkConfig {
+        encoder: EncoderConfig::preset("resnet_tiny").unwrap(),
+        input_size: 64,
+        dec_width: 32,
+        densify_norm: DensifyNorm::Bn,
+        mask_ratio: 0.6,
+    }
+}
+
+#[test]
+fn official_pth_loads_exactly_and_exports_in_timm_naming() {
+    let ctx = GpuContext::new_default().unwrap();
+    let pth = golden_dir().join("resnet_basic_tiny_withdecoder_1kpretrained_spark_style.pth");
+    let mut m = SparkModel::build(&ctx, golden_resnet_cfg(), 2, Some(LambConfig::spark(0.95))).unwrap();
+    let (t, _) = read_any(&pth).unwrap();
+    let report = checkpoint::load(&mut m, &t, &pth, true).unwrap();
+    assert!(report.missing.is_empty());
+    let golden = spark_wgpu::io::golden::GoldenCase::load(&golden_dir().join("resnet_basic_tiny.safetensors")).unwrap();
+    let inputs = golden.inputs();
+    let sd = state_dict(&m).unwrap();
+    for (name, t) in &sd {
+        assert_eq!(t.to_f32(), inputs[name].to_f32(), "{name}");
+    }
+    // Save, export, and compare with the official timm-style encoder.
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck.safetensors");
+    checkpoint::save(&m, &ck, &Default::default()).unwrap();
+    let enc = dir.path().join("encoder.safetensors");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_spark-wgpu"))
+        .args(["export", "--checkpoint", ck.to_str().unwrap(), "--out", enc.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (exported, _) = read_safetensors(&enc).unwrap();
+    let (timm, _) = load_state_dict(&golden_dir().join("resnet_basic_tiny_1kpretrained_timm_style.pth")).unwrap();
+    assert_eq!(exported.keys().collect::<Vec<_>>(), timm.keys().collect::<Vec<_>>());
+    for (k, v) in &timm {
+        assert_eq!(exported[k].to_f32(), v.to_f32(), "{k}");
+    }
+}
+
+#[test]
+fn a_checkpoint_of_another_model_names_the_parameter_and_both_shapes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spark-wgpu"))
+        .args(["pretrain", "--model", "resnet_tiny", "--input-size", "64", "--batch", "2", "--dec-width", "64", "--max-steps", "1"])
+        .arg("--init-weights")
+        .arg(golden_dir().join("resnet_basic_tiny_withdecoder_1kpretrained_spark_style.pth"))
+        .arg("--out")
+        .arg(tempfile::tempdir().unwrap().path().join("run"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dense_decoder.dec.0") && err.contains("[32, 32, 4, 4]") && err.contains("[64, 64, 4, 4]"), "{err}");
+}
+
+#[test]
+fn a_truncated_checkpoint_is_reported_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = golden_dir().join("resnet_basic_tiny.safetensors");
+    let bytes = std::fs::read(&src).unwrap();
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = format!("{:#}", read_any(&cut).unwrap_err());
+    assert!(err.contains("cut.safetensors") && (err.contains("truncated") || err.contains("corrupt")), "{err}");
+}
+
+#[test]
+fn an_empty_data_folder_says_what_was_searched() {
+    let data = tempfile::tempdir().unwrap();
+    let ctx = GpuContext::new_default().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let e = pretrain(&ctx, &tiny_cfg(Some(data.path().into()), 1), out.path(), false, Arc::new(AtomicBool::new(false)), false)
+        .err()
+        .unwrap();
+    let msg = format!("{e:#}");
+    assert!(msg.contains(&data.path().display().to_string()), "{msg}");
+}
