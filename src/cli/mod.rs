@@ -4,6 +4,7 @@ mod bench;
 mod devices;
 mod export;
 mod pretrain;
+pub mod reconstruct;
 mod parity;
 
 use anyhow::Result;
@@ -53,6 +54,8 @@ pub enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// Write the encoder of a checkpoint in timm / official ConvNeXt naming.
     Export(export::ExportArgs),
+    /// Reconstruct masked images with a checkpoint: a PNG grid of input, masked, reconstruction, pasted.
+    Reconstruct(reconstruct::ReconstructArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -62,5 +65,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(&cli.gpu, &a),
         Command::Pretrain(a) => pretrain::run(&cli.gpu, &a),
         Command::Export(a) => export::run(&a),
+        Command::Reconstruct(a) => reconstruct::run(&cli.gpu, &a),
     }
 }

@@ -4,6 +4,7 @@
 pub mod config;
 mod convnext;
 mod decoder;
+pub mod infer;
 mod resnet;
 pub mod spark;
 

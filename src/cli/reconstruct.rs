@@ -1,0 +1,185 @@
+//! `spark-wgpu reconstruct`: the official visualisation of masked reconstructions.
+//!
+//! Per image one row of four panels: input, masked input (masked patches grey), the raw
+//! reconstruction, and the reconstruction with the visible patches pasted back. As the
+//! official `SparK.forward(vis=True)`: eval-mode BatchNorm, the reconstruction
+//! de-normalised with each patch's own mean and std of the input, then ImageNet
+//! de-normalisation and clamping.
+
+use anyhow::{Context as _, Result, bail};
+use image::{Rgb, RgbImage};
+use rand::SeedableRng;
+use std::path::PathBuf;
+
+use super::GpuArgs;
+use crate::data::{IMAGENET_MEAN, IMAGENET_STD, center_crop_normalized, sample_mask};
+use crate::model::infer::infer_architecture;
+use crate::model::{PATCH, SparkConfig, SparkModel};
+use crate::sparse::PatchMask;
+use crate::train::checkpoint::{load, read_any};
+
+#[derive(clap::Args, Debug)]
+pub struct ReconstructArgs {
+    /// A spark-wgpu checkpoint or an official SparK .pth with decoder.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Images (any size: resized and centre-cropped to the input size).
+    #[arg(long, num_args = 1.., required = true)]
+    pub image: Vec<PathBuf>,
+    /// The PNG grid to write.
+    #[arg(long, default_value = "reconstruction.png")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0.6)]
+    pub mask_ratio: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Explicit patch mask for every image, row-major, 1 = visible (e.g. 0101… of f·f digits).
+    #[arg(long)]
+    pub mask: Option<String>,
+    /// Input size (default: the checkpoint's, else 224).
+    #[arg(long)]
+    pub input_size: Option<usize>,
+    /// Also write per-image masked-patch losses as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Result of reconstructing a batch, in normalised channels-last layout.
+pub struct Reconstruction {
+    pub size: usize,
+    pub inputs: Vec<f32>,
+    pub rec: Vec<f32>,
+    pub mask: PatchMask,
+    pub losses: Vec<f32>,
+}
+
+fn to_pixel(v: f32, c: usize) -> u8 {
+    ((v * IMAGENET_STD[c] + IMAGENET_MEAN[c]).clamp(0.0, 1.0) * 255.0).round() as u8
+}
+
+/// The four panels of every image, one row per image.
+pub fn render_grid(r: &Reconstruction) -> RgbImage {
+    let s = r.size;
+    let f = s / PATCH;
+    let b = r.mask.batch;
+    let mut grid = RgbImage::new(4 * s as u32, (b * s) as u32);
+    for i in 0..b {
+        let img = &r.inputs[i * s * s * 3..(i + 1) * s * s * 3];
+        let rec = &r.rec[i * s * s * 3..(i + 1) * s * s * 3];
+        // Per-patch mean and std (unbiased, + 1e-6) of the input, as the loss target.
+        let mut denorm = vec![0f32; s * s * 3];
+        for py in 0..f {
+            for px in 0..f {
+                let idx = |y: usize, x: usize, c: usize| ((py * PATCH + y) * s + px * PATCH + x) * 3 + c;
+                let n = (PATCH * PATCH * 3) as f64;
+                let mut sum = 0f64;
+                for y in 0..PATCH {
+                    for x in 0..PATCH {
+                        for c in 0..3 {
+                            sum += img[idx(y, x, c)] as f64;
+                        }
+                    }
+                }
+                let mean = sum / n;
+                let mut var = 0f64;
+                for y in 0..PATCH {
+                    for x in 0..PATCH {
+                        for c in 0..3 {
+                            var += (img[idx(y, x, c)] as f64 - mean).powi(2);
+                        }
+                    }
+                }
+                let std = (var / (n - 1.0) + 1e-6).sqrt();
+                for y in 0..PATCH {
+                    for x in 0..PATCH {
+                        for c in 0..3 {
+                            denorm[idx(y, x, c)] = (rec[idx(y, x, c)] as f64 * std + mean) as f32;
+                        }
+                    }
+                }
+            }
+        }
+        for y in 0..s {
+            for x in 0..s {
+                let visible = r.mask.is_visible(i, y / PATCH, x / PATCH);
+                let px = |v: &[f32]| Rgb([to_pixel(v[0], 0), to_pixel(v[1], 1), to_pixel(v[2], 2)]);
+                let o = (y * s + x) * 3;
+                let input = px(&img[o..o + 3]);
+                let recon = px(&denorm[o..o + 3]);
+                let gy = (i * s + y) as u32;
+                grid.put_pixel(x as u32, gy, input);
+                grid.put_pixel((s + x) as u32, gy, if visible { input } else { Rgb([128, 128, 128]) });
+                grid.put_pixel((2 * s + x) as u32, gy, recon);
+                grid.put_pixel((3 * s + x) as u32, gy, if visible { input } else { recon });
+            }
+        }
+    }
+    grid
+}
+
+pub fn run(gpu: &GpuArgs, a: &ReconstructArgs) -> Result<()> {
+    let ctx = gpu.open()?;
+    let (tensors, meta) = read_any(&a.checkpoint)?;
+    let (encoder, dec_width, densify_norm) =
+        infer_architecture(&tensors).with_context(|| format!("reading {}", a.checkpoint.display()))?;
+    let stored: Option<usize> = meta
+        .get("spark_wgpu_config")
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+        .and_then(|v| v["spark"]["input_size"].as_u64())
+        .map(|v| v as usize);
+    // Official .pth checkpoints store their input size at the top level.
+    let official = || {
+        crate::io::pth::load_pth(&a.checkpoint).ok()?.get("input_size")?.as_int().map(|v| v as usize)
+    };
+    let size = a.input_size.or(stored).or_else(official).unwrap_or(224);
+    let cfg = SparkConfig { encoder, input_size: size, dec_width, densify_norm, mask_ratio: a.mask_ratio };
+    cfg.validate()?;
+    let f = cfg.grid();
+    let b = a.image.len();
+    let mut inputs = Vec::with_capacity(b * size * size * 3);
+    for p in &a.image {
+        let img = image::open(p).with_context(|| format!("reading image {}", p.display()))?.to_rgb8();
+        inputs.extend(center_crop_normalized(&img, size as u32));
+    }
+    let visible: Vec<u8> = match &a.mask {
+        Some(m) => {
+            let one: Vec<u8> = m.chars().filter(|c| !c.is_whitespace()).map(|c| (c == '1') as u8).collect();
+            if one.len() != f * f || m.chars().any(|c| !matches!(c, '0' | '1' | ' ')) {
+                bail!("--mask must be {} digits 0/1 (a {f}×{f} patch grid at --input-size {size}), got {m:?}", f * f);
+            }
+            one.iter().copied().cycle().take(b * f * f).collect()
+        }
+        None => sample_mask(&mut rand_chacha::ChaCha8Rng::seed_from_u64(a.seed), b, f, a.mask_ratio),
+    };
+    let mask = PatchMask::new(b, f, f, visible);
+    let per_image = mask.visible_count() / b;
+    let mut model = SparkModel::build_with_visible(&ctx, cfg, b, None, per_image)?;
+    let r = load(&mut model, &tensors, &a.checkpoint, true)?;
+    // Official checkpoints also carry the ImageNet statistics and a constant (imn_m, imn_s, norm_black).
+    let unexpected: Vec<&String> = r.unexpected.iter().filter(|k| !matches!(k.as_str(), "imn_m" | "imn_s" | "norm_black")).collect();
+    if !unexpected.is_empty() {
+        eprintln!("note: {} tensors of the checkpoint are not used by the model (e.g. {})", unexpected.len(), unexpected[0]);
+    }
+    model.set_batch(&inputs, &mask)?;
+    ctx.run(&model.graph.forward)?;
+    let rec = ctx.read_f32(model.graph.tensor(model.rec))?;
+    let per_patch = ctx.read_f32(&model.per_patch_loss)?;
+    let losses: Vec<f32> = (0..b)
+        .map(|i| {
+            let masked = (0..f * f).filter(|&p| mask.visible[i * f * f + p] == 0).count().max(1);
+            per_patch[i * f * f..(i + 1) * f * f].iter().sum::<f32>() / masked as f32
+        })
+        .collect();
+    let rc = Reconstruction { size, inputs, rec, mask, losses };
+    render_grid(&rc).save(&a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    println!("wrote {} ({} rows × 4 panels of {size}×{size})", a.out.display(), b);
+    if let Some(j) = &a.json {
+        let v = serde_json::json!({
+            "checkpoint": a.checkpoint.display().to_string(),
+            "input_size": size,
+            "images": a.image.iter().zip(&rc.losses).map(|(p, l)| serde_json::json!({"image": p.display().to_string(), "masked_patch_loss": l})).collect::<Vec<_>>(),
+        });
+        std::fs::write(j, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", j.display()))?;
+    }
+    Ok(())
+}
