@@ -75,32 +75,45 @@ impl ConvShape {
 
 /// A gather-GEMM kernel and the output rows × output channels one thread owns (its
 /// WGSL `TR`, `4 * TV`).
-#[derive(Clone, Copy, Debug)]
-struct GemmTile {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GemmTile {
     kernel: &'static str,
     rows: usize,
     cols: usize,
 }
 
 /// GPUs: a tile that stays in registers.
-const GPU_TILE: GemmTile = GemmTile { kernel: "conv", rows: 4, cols: 8 };
-/// CPU drivers: loads cost far more than FMAs and spills are cheap (see conv_cpu.wgsl).
-const CPU_TILE: GemmTile = GemmTile { kernel: "conv_cpu", rows: 16, cols: 16 };
-/// CPU drivers, K and N multiples of 4: vec4 loads and stores (see conv_cpu_vec4.wgsl).
-const CPU_VEC4_TILE: GemmTile = GemmTile { kernel: "conv_cpu_vec4", rows: 16, cols: 16 };
+pub(crate) const GPU_TILE: GemmTile = GemmTile { kernel: "conv", rows: 4, cols: 8 };
+/// CPU drivers: loads cost far more than multiply-adds and spills are cheap, so the tiles
+/// are large (see conv_cpu_vec4.wgsl). K and N multiples of 4: vec4 loads and stores.
+pub(crate) const CPU_VEC4_TILE: GemmTile = GemmTile { kernel: "conv_cpu_vec4", rows: 32, cols: 32 };
+/// CPU drivers, other K and N (3-channel stem input).
+pub(crate) const CPU_TILE: GemmTile = GemmTile { kernel: "conv_cpu", rows: 32, cols: 32 };
+/// CPU drivers, N <= 4 (3-channel outputs): a 32-wide column tile would be mostly padding.
+pub(crate) const CPU_NARROW_TILE: GemmTile = GemmTile { kernel: "conv_cpu_narrow", rows: 64, cols: 4 };
+
+#[cfg(test)]
+thread_local! {
+    /// Tests run every kernel of the family on one adapter by forcing the tile.
+    pub(crate) static FORCE_TILE: std::cell::Cell<Option<GemmTile>> = const { std::cell::Cell::new(None) };
+}
 
 fn tile_for(ctx: &GpuContext, k: usize, n: usize) -> GemmTile {
-    let cpu = match std::env::var("SPARK_CONV_TILE").as_deref() {
-        Ok("gpu") => return GPU_TILE,
-        Ok("cpu") => return CPU_TILE,
-        _ => ctx.info.device_type == wgpu::DeviceType::Cpu,
-    };
-    match cpu {
-        false => GPU_TILE,
-        true if k % 4 == 0 && n % 4 == 0 => CPU_VEC4_TILE,
-        true => CPU_TILE,
+    #[cfg(test)]
+    if let Some(t) = FORCE_TILE.with(|f| f.get()) {
+        return t;
+    }
+    if ctx.info.device_type != wgpu::DeviceType::Cpu {
+        GPU_TILE
+    } else if n <= 4 {
+        CPU_NARROW_TILE
+    } else if k % 4 == 0 && n % 4 == 0 {
+        CPU_VEC4_TILE
+    } else {
+        CPU_TILE
     }
 }
+
 /// Input × output channels owned by one thread of `conv_wgrad.wgsl`.
 const WGRAD_TILE_K: usize = 4;
 const WGRAD_TILE_N: usize = 8;
@@ -130,7 +143,8 @@ struct GatherParams {
     has_bias: u32,
     accumulate: u32,
     total: u32,
-    _pad: [u32; 3],
+    row_groups: u32,
+    _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -227,7 +241,8 @@ fn gather_gemm(
         has_bias: bias.is_some() as u32,
         accumulate: accumulate as u32,
         total: u(total, "threads")?,
-        _pad: [0; 3],
+        row_groups: (tile.rows / 4) as u32,
+        _pad: [0; 2],
     };
     // Without a bias, bind the (read-only) scratch in its place: every binding must be filled.
     let b = bias.unwrap_or(&wt);

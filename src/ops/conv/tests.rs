@@ -99,6 +99,15 @@ fn check_case(ctx: &GpuContext, geo: &Geo, mask: &PatchMask, cin: usize, cout: u
     }
 }
 
+/// Every gather-GEMM kernel that can run `cin -> cout` (forward and data gradient).
+fn tiles_for(cin: usize, cout: usize) -> Vec<GemmTile> {
+    let mut t = vec![GPU_TILE, CPU_TILE, CPU_NARROW_TILE];
+    if cin % 4 == 0 && cout % 4 == 0 {
+        t.push(CPU_VEC4_TILE);
+    }
+    t
+}
+
 #[test]
 fn gpu_matches_cpu_on_every_geometry() {
     let ctx = GpuContext::new_default().unwrap();
@@ -113,9 +122,12 @@ fn gpu_matches_cpu_on_every_geometry() {
             for (i, &(cin, cout)) in chans.iter().enumerate() {
                 // every (bias, accumulate) combination appears once per geometry and mask
                 let (bias, acc) = (i % 2 == 0, (i / 2) % 2 == 0);
-                let what = format!("{} ({mname}, {cin}->{cout}, bias {bias}, accumulate {acc})", geo.name);
-                check_case(&ctx, geo, &mask, cin, cout, bias, acc, seed, &what);
-                seed += 10;
+                for tile in tiles_for(cin, cout) {
+                    let what = format!("{} ({mname}, {cin}->{cout}, bias {bias}, accumulate {acc}, {tile:?})", geo.name);
+                    FORCE_TILE.with(|f| f.set(Some(tile)));
+                    check_case(&ctx, geo, &mask, cin, cout, bias, acc, seed, &what);
+                    seed += 10;
+                }
             }
         }
     }
@@ -130,6 +142,12 @@ fn weight_gradient_with_many_splits() {
     check_case(&ctx, &geo, &mask, 5, 17, true, false, 7, geo.name);
     let geo = Geo { name: "stem big", win: Window::new(7, 2, 3), transposed: false, h_in: 32, dense: false };
     check_case(&ctx, &geo, &random_patch_mask(3, 3, 2, 2, 0.5), 3, 9, false, true, 8, geo.name);
+    // rows and channels spanning several of the large CPU tiles
+    let geo = Geo { name: "dense 3x3/1 wide", win: Window::new(3, 1, 1), transposed: false, h_in: 9, dense: true };
+    for tile in tiles_for(36, 68) {
+        FORCE_TILE.with(|f| f.set(Some(tile)));
+        check_case(&ctx, &geo, &mask, 36, 68, true, true, 9, &format!("{} {tile:?}", geo.name));
+    }
 }
 
 #[test]
