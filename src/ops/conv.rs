@@ -103,7 +103,7 @@ fn tile_for(ctx: &GpuContext, k: usize, n: usize) -> GemmTile {
     if let Some(t) = FORCE_TILE.with(|f| f.get()) {
         return t;
     }
-    if ctx.info.device_type != wgpu::DeviceType::Cpu {
+    if !is_cpu(ctx) {
         GPU_TILE
     } else if n <= 4 {
         CPU_NARROW_TILE
@@ -114,9 +114,44 @@ fn tile_for(ctx: &GpuContext, k: usize, n: usize) -> GemmTile {
     }
 }
 
-/// Input × output channels owned by one thread of `conv_wgrad.wgsl`.
-const WGRAD_TILE_K: usize = 4;
-const WGRAD_TILE_N: usize = 8;
+/// A weight-gradient kernel: input channels (or, `flat`, tap-and-channel pairs
+/// `k' = t * cin + ci`) × output channels one thread owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WgradTile {
+    kernel: &'static str,
+    k: usize,
+    n: usize,
+    flat: bool,
+}
+
+pub(crate) const GPU_WGRAD: WgradTile = WgradTile { kernel: "conv_wgrad", k: 4, n: 8, flat: false };
+/// CPU drivers (see conv_cpu_vec4.wgsl), cin and cout multiples of 4.
+pub(crate) const CPU_WGRAD_VEC4: WgradTile = WgradTile { kernel: "conv_wgrad_cpu_vec4", k: 32, n: 32, flat: false };
+/// CPU drivers, any channel counts; `k'` spans taps so that the 3-channel stem fills the tile.
+pub(crate) const CPU_WGRAD: WgradTile = WgradTile { kernel: "conv_wgrad_cpu", k: 32, n: 32, flat: true };
+
+#[cfg(test)]
+thread_local! {
+    pub(crate) static FORCE_WGRAD: std::cell::Cell<Option<WgradTile>> = const { std::cell::Cell::new(None) };
+}
+
+fn is_cpu(ctx: &GpuContext) -> bool {
+    ctx.info.device_type == wgpu::DeviceType::Cpu
+}
+
+fn wgrad_tile_for(ctx: &GpuContext, cin: usize, cout: usize) -> WgradTile {
+    #[cfg(test)]
+    if let Some(t) = FORCE_WGRAD.with(|f| f.get()) {
+        return t;
+    }
+    if !is_cpu(ctx) {
+        GPU_WGRAD
+    } else if cin % 4 == 0 && cout % 4 == 0 {
+        CPU_WGRAD_VEC4
+    } else {
+        CPU_WGRAD
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -162,6 +197,8 @@ struct WgradParams {
     sk: u32,
     sn: u32,
     count: u32,
+    k_groups: u32,
+    _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -285,8 +322,9 @@ pub fn conv_data_grad(
     gather_gemm(ctx, dy, inv_map, w, layout.swapped(), None, dx, (s.rows_out, s.rows_in, s.cout, s.cin, s.taps), accumulate)
 }
 
-/// Rows per split and split count of a split-K reduction whose partial slice has `count`
-/// elements, within the adapter's storage binding size.
+/// Split count and rows per split of a split-K reduction over `rows` whose partial slice
+/// has `count` elements, `threads_per_split` threads each, within the adapter's storage
+/// binding size.
 pub(crate) fn splits_for(ctx: &GpuContext, rows: usize, threads_per_split: usize, count: usize) -> (usize, usize) {
     let max_bytes = ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size);
     let slice_bytes = count as u64 * 4;
@@ -295,7 +333,14 @@ pub(crate) fn splits_for(ctx: &GpuContext, rows: usize, threads_per_split: usize
         "a weight gradient of {count} elements ({slice_bytes} bytes) exceeds the adapter's storage binding limit of {max_bytes} bytes"
     );
     let fit = (max_bytes / slice_bytes.max(1)).max(1) as usize;
-    let splits = split_count(rows, threads_per_split).min(fit).max(1);
+    let wanted = if is_cpu(ctx) {
+        // A CPU adapter runs a few dozen workgroups at a time, and every extra split costs
+        // a full pass of reduce_partials: keep 2048 threads and >= 256 rows per split.
+        (2048 / threads_per_split.max(1)).clamp(1, rows.div_ceil(256).max(1))
+    } else {
+        split_count(rows, threads_per_split)
+    };
+    let splits = wanted.min(fit).max(1);
     let rows_per_split = rows.div_ceil(splits).max(1);
     (rows.div_ceil(rows_per_split).max(1), rows_per_split)
 }
@@ -338,8 +383,15 @@ pub fn conv_weight_grad(
     ensure!(x.len == s.rows_in * s.cin, "conv input has {} elements, expected [{}, {}]", x.len, s.rows_in, s.cin);
     ensure!(map.len == s.rows_out * s.taps, "neighbour map has {} entries, expected [{}, {}]", map.len, s.rows_out, s.taps);
     ensure!(dy.len == s.rows_out * s.cout, "output gradient has {} elements, expected [{}, {}]", dy.len, s.rows_out, s.cout);
-    let (ktiles, ntiles) = (s.cin.div_ceil(WGRAD_TILE_K), s.cout.div_ceil(WGRAD_TILE_N));
-    let per_split = s.taps * ktiles * ntiles;
+    let tile = wgrad_tile_for(ctx, s.cin, s.cout);
+    let ntiles = s.cout.div_ceil(tile.n);
+    let (ktiles, per_split) = if tile.flat {
+        let kt = (s.taps * s.cin).div_ceil(tile.k);
+        (kt, kt * ntiles)
+    } else {
+        let kt = s.cin.div_ceil(tile.k);
+        (kt, s.taps * kt * ntiles)
+    };
     let (splits, rps) = splits_for(ctx, s.rows_out, per_split, count);
     // One split writes dw directly; more write partials for the fixed-order combine.
     let partials = if splits == 1 { dw.clone() } else { ctx.zeros(splits * count) };
@@ -357,9 +409,11 @@ pub fn conv_weight_grad(
         sk: u(layout.cin, "weight stride")?,
         sn: u(layout.cout, "weight stride")?,
         count: u(count, "weight size")?,
+        k_groups: (tile.k / 4) as u32,
+        _pad: [0; 3],
     };
     u(splits * count, "partials size")?;
-    let kern = ctx.kernel("conv_wgrad")?;
+    let kern = ctx.kernel(tile.kernel)?;
     let mut out = vec![ctx.dispatch(&kern, &p, &[x, map, dy, &partials], total as u64)];
     if splits > 1 {
         out.push(reduce_partials(ctx, &partials, dw, splits, 1.0, false)?);

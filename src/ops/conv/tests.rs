@@ -99,11 +99,12 @@ fn check_case(ctx: &GpuContext, geo: &Geo, mask: &PatchMask, cin: usize, cout: u
     }
 }
 
-/// Every gather-GEMM kernel that can run `cin -> cout` (forward and data gradient).
-fn tiles_for(cin: usize, cout: usize) -> Vec<GemmTile> {
-    let mut t = vec![GPU_TILE, CPU_TILE, CPU_NARROW_TILE];
+/// Every gather-GEMM kernel (forward and data gradient) and weight-gradient kernel that
+/// can run `cin -> cout`, paired up.
+fn tiles_for(cin: usize, cout: usize) -> Vec<(GemmTile, WgradTile)> {
+    let mut t = vec![(GPU_TILE, GPU_WGRAD), (CPU_TILE, CPU_WGRAD), (CPU_NARROW_TILE, CPU_WGRAD)];
     if cin % 4 == 0 && cout % 4 == 0 {
-        t.push(CPU_VEC4_TILE);
+        t.push((CPU_VEC4_TILE, CPU_WGRAD_VEC4));
     }
     t
 }
@@ -122,9 +123,10 @@ fn gpu_matches_cpu_on_every_geometry() {
             for (i, &(cin, cout)) in chans.iter().enumerate() {
                 // every (bias, accumulate) combination appears once per geometry and mask
                 let (bias, acc) = (i % 2 == 0, (i / 2) % 2 == 0);
-                for tile in tiles_for(cin, cout) {
-                    let what = format!("{} ({mname}, {cin}->{cout}, bias {bias}, accumulate {acc}, {tile:?})", geo.name);
+                for (tile, wtile) in tiles_for(cin, cout) {
+                    let what = format!("{} ({mname}, {cin}->{cout}, bias {bias}, accumulate {acc}, {tile:?}, {wtile:?})", geo.name);
                     FORCE_TILE.with(|f| f.set(Some(tile)));
+                    FORCE_WGRAD.with(|f| f.set(Some(wtile)));
                     check_case(&ctx, geo, &mask, cin, cout, bias, acc, seed, &what);
                     seed += 10;
                 }
@@ -144,9 +146,10 @@ fn weight_gradient_with_many_splits() {
     check_case(&ctx, &geo, &random_patch_mask(3, 3, 2, 2, 0.5), 3, 9, false, true, 8, geo.name);
     // rows and channels spanning several of the large CPU tiles
     let geo = Geo { name: "dense 3x3/1 wide", win: Window::new(3, 1, 1), transposed: false, h_in: 9, dense: true };
-    for tile in tiles_for(36, 68) {
+    for (tile, wtile) in tiles_for(36, 68) {
         FORCE_TILE.with(|f| f.set(Some(tile)));
-        check_case(&ctx, &geo, &mask, 36, 68, true, true, 9, &format!("{} {tile:?}", geo.name));
+        FORCE_WGRAD.with(|f| f.set(Some(wtile)));
+        check_case(&ctx, &geo, &mask, 36, 68, true, true, 9, &format!("{} {tile:?} {wtile:?}", geo.name));
     }
 }
 
