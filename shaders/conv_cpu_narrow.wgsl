@@ -19,6 +19,10 @@ struct Params {
 // Tile shape; TR and 4 * TV must match the CPU tiles in src/ops/conv.rs.
 const TR: u32 = 64u;
 const TV: u32 = 1u;
+// Row interleave (see conv.wgsl): a thread's rows are base + RI * i, and G consecutive
+// row tiles share a phase.
+const RI: u32 = 2u;
+const G: u32 = 8u;
 
 fn put(r: u32, cv: u32, v: vec4<f32>) {
     if (r >= p.rows) { return; }
@@ -34,14 +38,17 @@ fn put(r: u32, cv: u32, v: vec4<f32>) {
     }
 }
 
-fn put4(r: u32, cv: u32, m: mat4x4<f32>) {
-    put(r, cv, m[0]); put(r + 1u, cv, m[1]); put(r + 2u, cv, m[2]); put(r + 3u, cv, m[3]);
+// Stores tile rows j..j+3 (rows base + RI * (j + q)) of one vec4 of output channels.
+fn put4(base: u32, j: u32, cv: u32, m: mat4x4<f32>) {
+    let r = base + RI * j;
+    put(r, cv, m[0]); put(r + RI, cv, m[1]); put(r + 2u * RI, cv, m[2]); put(r + 3u * RI, cv, m[3]);
 }
 
-// Map row starts of 4 rows, clamped to the last row.
-fn rows4(r: u32) -> vec4<u32> {
+// Map row starts of tile rows j..j+3, clamped to the last row.
+fn rows4(base: u32, j: u32) -> vec4<u32> {
     let last = p.rows - 1u;
-    return vec4<u32>(min(r, last), min(r + 1u, last), min(r + 2u, last), min(r + 3u, last)) * p.taps;
+    let r = vec4<u32>(base) + RI * (vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u));
+    return min(r, vec4<u32>(last)) * p.taps;
 }
 
 fn maps4(o: vec4<u32>, t: u32) -> vec4<i32> {
@@ -61,25 +68,27 @@ fn outer(xs: vec4<f32>, w: vec4<f32>) -> mat4x4<f32> {
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let id = gid.x + gid.y * nwg.x * 64u;
-    let tid = min(id, p.total - 1u);   // clamp, do not return early (uniform control flow)
-    let ct = tid % p.ctiles;
-    let r0 = (tid / p.ctiles) * TR;
-    let o0 = rows4(r0 + 0u);
-    let o1 = rows4(r0 + 4u);
-    let o2 = rows4(r0 + 8u);
-    let o3 = rows4(r0 + 12u);
-    let o4 = rows4(r0 + 16u);
-    let o5 = rows4(r0 + 20u);
-    let o6 = rows4(r0 + 24u);
-    let o7 = rows4(r0 + 28u);
-    let o8 = rows4(r0 + 32u);
-    let o9 = rows4(r0 + 36u);
-    let o10 = rows4(r0 + 40u);
-    let o11 = rows4(r0 + 44u);
-    let o12 = rows4(r0 + 48u);
-    let o13 = rows4(r0 + 52u);
-    let o14 = rows4(r0 + 56u);
-    let o15 = rows4(r0 + 60u);
+    let ct = id % p.ctiles;
+    let q = id / p.ctiles;
+    let q2 = q / G;
+    let base = (q2 / RI) * (RI * G * TR) + q2 % RI + RI * (q % G) * TR;
+    if (base >= p.rows) { return; }
+    let o0 = rows4(base, 0u);
+    let o1 = rows4(base, 4u);
+    let o2 = rows4(base, 8u);
+    let o3 = rows4(base, 12u);
+    let o4 = rows4(base, 16u);
+    let o5 = rows4(base, 20u);
+    let o6 = rows4(base, 24u);
+    let o7 = rows4(base, 28u);
+    let o8 = rows4(base, 32u);
+    let o9 = rows4(base, 36u);
+    let o10 = rows4(base, 40u);
+    let o11 = rows4(base, 44u);
+    let o12 = rows4(base, 48u);
+    let o13 = rows4(base, 52u);
+    let o14 = rows4(base, 56u);
+    let o15 = rows4(base, 60u);
     var a0_0 = mat4x4<f32>();
     var a1_0 = mat4x4<f32>();
     var a2_0 = mat4x4<f32>();
@@ -174,7 +183,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             }
         }
     }
-    if (id >= p.total) { return; }
     let c = ct * TV;
     // Epilogue as a loop over row groups (runtime bound, so it stays a loop): written out
     // per accumulator, the guarded stores make the kernel ~10x slower to compile.
@@ -199,6 +207,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             case 15u: { s0 = a15_0; }
             default: {}
         }
-        put4(r0 + 4u * i, c + 0u, s0);
+        put4(base, 4u * i, c + 0u, s0);
     }
 }

@@ -92,6 +92,10 @@ pub(crate) const CPU_TILE: GemmTile = GemmTile { kernel: "conv_cpu", rows: 32, c
 /// CPU drivers, N <= 4 (3-channel outputs): a 32-wide column tile would be mostly padding.
 pub(crate) const CPU_NARROW_TILE: GemmTile = GemmTile { kernel: "conv_cpu_narrow", rows: 64, cols: 4 };
 
+/// Row interleave `RI` and phase group `G` of every gather-GEMM kernel (see conv.wgsl).
+const ROW_INTERLEAVE: usize = 2;
+const ROW_GROUP: usize = 8;
+
 #[cfg(test)]
 thread_local! {
     /// Tests run every kernel of the family on one adapter by forcing the tile.
@@ -267,7 +271,9 @@ fn gather_gemm(
     let n_pad = n.next_multiple_of(tile.cols);
     let (wt, relayout) = relayout(ctx, w, l, taps, k, n, n_pad)?;
     let ctiles = n_pad / tile.cols;
-    let total = rows.div_ceil(tile.rows) * ctiles;
+    // Threads come in blocks of ROW_INTERLEAVE * ROW_GROUP row tiles (see conv.wgsl).
+    let block = ROW_INTERLEAVE * ROW_GROUP;
+    let total = rows.div_ceil(block * tile.rows) * block * ctiles;
     let p = GatherParams {
         rows: u(rows, "rows")?,
         kin: u(k, "channels")?,
