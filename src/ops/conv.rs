@@ -102,7 +102,8 @@ thread_local! {
     pub(crate) static FORCE_TILE: std::cell::Cell<Option<GemmTile>> = const { std::cell::Cell::new(None) };
 }
 
-fn tile_for(ctx: &GpuContext, k: usize, n: usize) -> GemmTile {
+/// `rows_in`: rows of the gathered input (a vec4 binding needs at least one vec4).
+fn tile_for(ctx: &GpuContext, k: usize, n: usize, rows_in: usize) -> GemmTile {
     #[cfg(test)]
     if let Some(t) = FORCE_TILE.with(|f| f.get()) {
         return t;
@@ -111,7 +112,7 @@ fn tile_for(ctx: &GpuContext, k: usize, n: usize) -> GemmTile {
         GPU_TILE
     } else if n <= 4 {
         CPU_NARROW_TILE
-    } else if k % 4 == 0 && n % 4 == 0 {
+    } else if k.is_multiple_of(4) && n.is_multiple_of(4) && rows_in > 0 {
         CPU_VEC4_TILE
     } else {
         CPU_TILE
@@ -143,14 +144,15 @@ fn is_cpu(ctx: &GpuContext) -> bool {
     ctx.info.device_type == wgpu::DeviceType::Cpu
 }
 
-fn wgrad_tile_for(ctx: &GpuContext, cin: usize, cout: usize) -> WgradTile {
+fn wgrad_tile_for(ctx: &GpuContext, s: &ConvShape) -> WgradTile {
     #[cfg(test)]
     if let Some(t) = FORCE_WGRAD.with(|f| f.get()) {
         return t;
     }
     if !is_cpu(ctx) {
         GPU_WGRAD
-    } else if cin % 4 == 0 && cout % 4 == 0 {
+    } else if s.cin.is_multiple_of(4) && s.cout.is_multiple_of(4) && s.rows_in > 0 && s.rows_out > 0 {
+        // (vec4 bindings need at least one vec4)
         CPU_WGRAD_VEC4
     } else {
         CPU_WGRAD
@@ -267,7 +269,7 @@ fn gather_gemm(
     if rows == 0 {
         return Ok(vec![]);
     }
-    let tile = tile_for(ctx, k, n);
+    let tile = tile_for(ctx, k, n, rows_in);
     let n_pad = n.next_multiple_of(tile.cols);
     let (wt, relayout) = relayout(ctx, w, l, taps, k, n, n_pad)?;
     let ctiles = n_pad / tile.cols;
@@ -389,7 +391,7 @@ pub fn conv_weight_grad(
     ensure!(x.len == s.rows_in * s.cin, "conv input has {} elements, expected [{}, {}]", x.len, s.rows_in, s.cin);
     ensure!(map.len == s.rows_out * s.taps, "neighbour map has {} entries, expected [{}, {}]", map.len, s.rows_out, s.taps);
     ensure!(dy.len == s.rows_out * s.cout, "output gradient has {} elements, expected [{}, {}]", dy.len, s.rows_out, s.cout);
-    let tile = wgrad_tile_for(ctx, s.cin, s.cout);
+    let tile = wgrad_tile_for(ctx, &s);
     let ntiles = s.cout.div_ceil(tile.n);
     let (ktiles, per_split) = if tile.flat {
         let kt = (s.taps * s.cin).div_ceil(tile.k);

@@ -54,7 +54,7 @@ fn gather(
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
     ensure!(c > 0 && taps > 0, "depthwise conv with {c} channels, {taps} taps");
-    ensure!(inp.len % c == 0, "depthwise input of {} elements is not [rows, {c}]", inp.len);
+    ensure!(inp.len.is_multiple_of(c), "depthwise input of {} elements is not [rows, {c}]", inp.len);
     ensure!(map.len == rows * taps, "neighbour map has {} entries, expected [{rows}, {taps}]", map.len);
     ensure!(out.len == rows * c, "depthwise output has {} elements, expected [{rows}, {c}]", out.len);
     ensure!(w.len == c * taps, "depthwise weight has {} elements, expected [{c}, 1, {taps}]", w.len);
@@ -132,7 +132,7 @@ pub fn dw_weight_grad(
     let count = c * taps;
     ensure!(count > 0, "depthwise conv with {c} channels, {taps} taps");
     ensure!(dw.len == count, "depthwise weight gradient has {} elements, expected {count}", dw.len);
-    ensure!(x.len % c == 0, "depthwise input of {} elements is not [rows, {c}]", x.len);
+    ensure!(x.len.is_multiple_of(c), "depthwise input of {} elements is not [rows, {c}]", x.len);
     ensure!(map.len == rows_out * taps, "neighbour map has {} entries, expected [{rows_out}, {taps}]", map.len);
     ensure!(dy.len == rows_out * c, "output gradient has {} elements, expected [{rows_out}, {c}]", dy.len);
     let ctiles = c.div_ceil(4);
@@ -269,7 +269,7 @@ mod tests {
                     if h == 24 && c > 5 {
                         continue; // the many-split case needs only a narrow shape
                     }
-                    let (bias, acc) = (i % 2 == 0, (i / 2) % 2 == 0);
+                    let (bias, acc) = (i.is_multiple_of(2), (i / 2) % 2 == 0);
                     let what = format!("depthwise {k}x{k} h {h} ({mname}, C {c}, bias {bias}, accumulate {acc})");
                     let (set, map) = setup(mask, h, k);
                     let (rows, taps) = (set.rows(), k * k);

@@ -103,7 +103,7 @@ fn check_case(ctx: &GpuContext, geo: &Geo, mask: &PatchMask, cin: usize, cout: u
 /// can run `cin -> cout`, paired up.
 fn tiles_for(cin: usize, cout: usize) -> Vec<(GemmTile, WgradTile)> {
     let mut t = vec![(GPU_TILE, GPU_WGRAD), (CPU_TILE, CPU_WGRAD), (CPU_NARROW_TILE, CPU_WGRAD)];
-    if cin % 4 == 0 && cout % 4 == 0 {
+    if cin.is_multiple_of(4) && cout.is_multiple_of(4) {
         t.push((CPU_VEC4_TILE, CPU_WGRAD_VEC4));
     }
     t
@@ -122,7 +122,7 @@ fn gpu_matches_cpu_on_every_geometry() {
             }
             for (i, &(cin, cout)) in chans.iter().enumerate() {
                 // every (bias, accumulate) combination appears once per geometry and mask
-                let (bias, acc) = (i % 2 == 0, (i / 2) % 2 == 0);
+                let (bias, acc) = (i.is_multiple_of(2), (i / 2) % 2 == 0);
                 for (tile, wtile) in tiles_for(cin, cout) {
                     let what = format!("{} ({mname}, {cin}->{cout}, bias {bias}, accumulate {acc}, {tile:?}, {wtile:?})", geo.name);
                     FORCE_TILE.with(|f| f.set(Some(tile)));
@@ -175,7 +175,7 @@ fn linear_layer_is_a_one_tap_conv() {
 #[test]
 fn layouts_match_pytorch() {
     let l = WeightLayout::oihw(3, 5, 9);
-    assert_eq!(l.index(4, 2, 1), 1 * 3 * 9 + 2 * 9 + 4);
+    assert_eq!(l.index(4, 2, 1), 3 * 9 + 2 * 9 + 4);
     let l = WeightLayout::iohw(3, 5, 16);
     assert_eq!(l.index(7, 2, 4), 2 * 5 * 16 + 4 * 16 + 7);
     assert_eq!(l.swapped().index(7, 4, 2), l.index(7, 2, 4));
