@@ -10,6 +10,12 @@
 // loads TR inputs and TV vec4 weights for 4 * TR * TV FMAs. Consecutive threads take
 // consecutive column tiles of the same rows, so their input loads hit the same address
 // and their weight loads are contiguous (coalesced on real GPUs).
+//
+// Row interleave: a thread's rows are base + RI * i (i < TR), and G consecutive row tiles
+// share the phase base % RI. Rows of one parity read the same taps in a transposed conv
+// (1 of 4 ky x kx parity classes for 4x4/2) and in the data gradient of a stride-2 conv
+// (inverse map), so with consecutive rows half or more of those taps would be read for
+// nothing; with interleaved rows, whole threads (and SIMD groups) skip them.
 struct Params {
     rows: u32,       // output rows
     kin: u32,        // reduction channels K (cin of this gather)
@@ -19,7 +25,7 @@ struct Params {
     ctiles: u32,     // ceil(n / (4 * TV))
     has_bias: u32,
     accumulate: u32,
-    total: u32,      // threads = row tiles * ctiles
+    total: u32,      // threads launched (informational)
     _p0: u32, _p1: u32, _p2: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
@@ -35,6 +41,8 @@ struct Params {
 // unrolled body below and TILE_ROWS / TILE_COLS in src/ops/conv.rs.
 const TR: u32 = 4u;
 const TV: u32 = 2u;
+const RI: u32 = 2u;
+const G: u32 = 8u;
 
 fn put(r: u32, c: u32, v: vec4<f32>) {
     if (r >= p.rows) { return; }
@@ -53,16 +61,18 @@ fn put(r: u32, c: u32, v: vec4<f32>) {
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let id = gid.x + gid.y * nwg.x * 64u;
-    // Out-of-range threads compute on clamped indices and only skip the store: no early
-    // return, so the SIMD lanes of a workgroup stay in uniform control flow.
-    let tid = min(id, p.total - 1u);
-    let ct = tid % p.ctiles;
-    let r0 = (tid / p.ctiles) * TR;
+    let ct = id % p.ctiles;
+    let q = id / p.ctiles;
+    let q2 = q / G;
+    let base = (q2 / RI) * (RI * G * TR) + q2 % RI + RI * (q % G) * TR;
+    // Threads past the last row have nothing to do; rows past it in a partial tile read
+    // the last row and are not stored.
+    if (base >= p.rows) { return; }
     let last = p.rows - 1u;
-    let ra = min(r0, last) * p.taps;
-    let rb = min(r0 + 1u, last) * p.taps;
-    let rc = min(r0 + 2u, last) * p.taps;
-    let rd = min(r0 + 3u, last) * p.taps;
+    let ra = min(base, last) * p.taps;
+    let rb = min(base + RI, last) * p.taps;
+    let rc = min(base + 2u * RI, last) * p.taps;
+    let rd = min(base + 3u * RI, last) * p.taps;
     var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0);
     var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0);
     var c0 = vec4<f32>(0.0); var c1 = vec4<f32>(0.0);
@@ -99,10 +109,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             }
         }
     }
-    if (id >= p.total) { return; }
     let c = ct * TV * 4u;
-    put(r0, c, a0); put(r0, c + 4u, a1);
-    put(r0 + 1u, c, b0); put(r0 + 1u, c + 4u, b1);
-    put(r0 + 2u, c, c0); put(r0 + 2u, c + 4u, c1);
-    put(r0 + 3u, c, d0); put(r0 + 3u, c + 4u, d1);
+    put(base, c, a0); put(base, c + 4u, a1);
+    put(base + RI, c, b0); put(base + RI, c + 4u, b1);
+    put(base + 2u * RI, c, c0); put(base + 2u * RI, c + 4u, c1);
+    put(base + 3u * RI, c, d0); put(base + 3u * RI, c + 4u, d1);
 }

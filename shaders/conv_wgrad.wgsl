@@ -18,6 +18,8 @@ struct Params {
     total: u32,      // threads = splits * taps * ktiles * ntiles
     st: u32, sk: u32, sn: u32,
     count: u32,      // taps * kin * n: one split's slice of partials
+    k_groups: u32,   // used by the CPU variants only
+    _p0: u32, _p1: u32, _p2: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;

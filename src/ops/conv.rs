@@ -75,35 +75,89 @@ impl ConvShape {
 
 /// A gather-GEMM kernel and the output rows × output channels one thread owns (its
 /// WGSL `TR`, `4 * TV`).
-#[derive(Clone, Copy, Debug)]
-struct GemmTile {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GemmTile {
     kernel: &'static str,
     rows: usize,
     cols: usize,
 }
 
 /// GPUs: a tile that stays in registers.
-const GPU_TILE: GemmTile = GemmTile { kernel: "conv", rows: 4, cols: 8 };
-/// CPU drivers: loads cost far more than FMAs and spills are cheap (see conv_cpu.wgsl).
-const CPU_TILE: GemmTile = GemmTile { kernel: "conv_cpu", rows: 16, cols: 16 };
-/// CPU drivers, K and N multiples of 4: vec4 loads and stores (see conv_cpu_vec4.wgsl).
-const CPU_VEC4_TILE: GemmTile = GemmTile { kernel: "conv_cpu_vec4", rows: 16, cols: 16 };
+pub(crate) const GPU_TILE: GemmTile = GemmTile { kernel: "conv", rows: 4, cols: 8 };
+/// CPU drivers: loads cost far more than multiply-adds and spills are cheap, so the tiles
+/// are large (see conv_cpu_vec4.wgsl). K and N multiples of 4: vec4 loads and stores.
+pub(crate) const CPU_VEC4_TILE: GemmTile = GemmTile { kernel: "conv_cpu_vec4", rows: 32, cols: 32 };
+/// CPU drivers, other K and N (3-channel stem input).
+pub(crate) const CPU_TILE: GemmTile = GemmTile { kernel: "conv_cpu", rows: 32, cols: 32 };
+/// CPU drivers, N <= 4 (3-channel outputs): a 32-wide column tile would be mostly padding.
+pub(crate) const CPU_NARROW_TILE: GemmTile = GemmTile { kernel: "conv_cpu_narrow", rows: 64, cols: 4 };
 
-fn tile_for(ctx: &GpuContext, k: usize, n: usize) -> GemmTile {
-    let cpu = match std::env::var("SPARK_CONV_TILE").as_deref() {
-        Ok("gpu") => return GPU_TILE,
-        Ok("cpu") => return CPU_TILE,
-        _ => ctx.info.device_type == wgpu::DeviceType::Cpu,
-    };
-    match cpu {
-        false => GPU_TILE,
-        true if k % 4 == 0 && n % 4 == 0 => CPU_VEC4_TILE,
-        true => CPU_TILE,
+/// Row interleave `RI` and phase group `G` of every gather-GEMM kernel (see conv.wgsl).
+const ROW_INTERLEAVE: usize = 2;
+const ROW_GROUP: usize = 8;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests run every kernel of the family on one adapter by forcing the tile.
+    pub(crate) static FORCE_TILE: std::cell::Cell<Option<GemmTile>> = const { std::cell::Cell::new(None) };
+}
+
+/// `rows_in`: rows of the gathered input (a vec4 binding needs at least one vec4).
+fn tile_for(ctx: &GpuContext, k: usize, n: usize, rows_in: usize) -> GemmTile {
+    #[cfg(test)]
+    if let Some(t) = FORCE_TILE.with(|f| f.get()) {
+        return t;
+    }
+    if !is_cpu(ctx) {
+        GPU_TILE
+    } else if n <= 4 {
+        CPU_NARROW_TILE
+    } else if k.is_multiple_of(4) && n.is_multiple_of(4) && rows_in > 0 {
+        CPU_VEC4_TILE
+    } else {
+        CPU_TILE
     }
 }
-/// Input × output channels owned by one thread of `conv_wgrad.wgsl`.
-const WGRAD_TILE_K: usize = 4;
-const WGRAD_TILE_N: usize = 8;
+
+/// A weight-gradient kernel: input channels (or, `flat`, tap-and-channel pairs
+/// `k' = t * cin + ci`) × output channels one thread owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WgradTile {
+    kernel: &'static str,
+    k: usize,
+    n: usize,
+    flat: bool,
+}
+
+pub(crate) const GPU_WGRAD: WgradTile = WgradTile { kernel: "conv_wgrad", k: 4, n: 8, flat: false };
+/// CPU drivers (see conv_cpu_vec4.wgsl), cin and cout multiples of 4.
+pub(crate) const CPU_WGRAD_VEC4: WgradTile = WgradTile { kernel: "conv_wgrad_cpu_vec4", k: 32, n: 32, flat: false };
+/// CPU drivers, any channel counts; `k'` spans taps so that the 3-channel stem fills the tile.
+pub(crate) const CPU_WGRAD: WgradTile = WgradTile { kernel: "conv_wgrad_cpu", k: 32, n: 32, flat: true };
+
+#[cfg(test)]
+thread_local! {
+    pub(crate) static FORCE_WGRAD: std::cell::Cell<Option<WgradTile>> = const { std::cell::Cell::new(None) };
+}
+
+fn is_cpu(ctx: &GpuContext) -> bool {
+    ctx.info.device_type == wgpu::DeviceType::Cpu
+}
+
+fn wgrad_tile_for(ctx: &GpuContext, s: &ConvShape) -> WgradTile {
+    #[cfg(test)]
+    if let Some(t) = FORCE_WGRAD.with(|f| f.get()) {
+        return t;
+    }
+    if !is_cpu(ctx) {
+        GPU_WGRAD
+    } else if s.cin.is_multiple_of(4) && s.cout.is_multiple_of(4) && s.rows_in > 0 && s.rows_out > 0 {
+        // (vec4 bindings need at least one vec4)
+        CPU_WGRAD_VEC4
+    } else {
+        CPU_WGRAD
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -130,7 +184,8 @@ struct GatherParams {
     has_bias: u32,
     accumulate: u32,
     total: u32,
-    _pad: [u32; 3],
+    row_groups: u32,
+    _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -148,6 +203,8 @@ struct WgradParams {
     sk: u32,
     sn: u32,
     count: u32,
+    k_groups: u32,
+    _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -212,11 +269,13 @@ fn gather_gemm(
     if rows == 0 {
         return Ok(vec![]);
     }
-    let tile = tile_for(ctx, k, n);
+    let tile = tile_for(ctx, k, n, rows_in);
     let n_pad = n.next_multiple_of(tile.cols);
     let (wt, relayout) = relayout(ctx, w, l, taps, k, n, n_pad)?;
     let ctiles = n_pad / tile.cols;
-    let total = rows.div_ceil(tile.rows) * ctiles;
+    // Threads come in blocks of ROW_INTERLEAVE * ROW_GROUP row tiles (see conv.wgsl).
+    let block = ROW_INTERLEAVE * ROW_GROUP;
+    let total = rows.div_ceil(block * tile.rows) * block * ctiles;
     let p = GatherParams {
         rows: u(rows, "rows")?,
         kin: u(k, "channels")?,
@@ -227,7 +286,8 @@ fn gather_gemm(
         has_bias: bias.is_some() as u32,
         accumulate: accumulate as u32,
         total: u(total, "threads")?,
-        _pad: [0; 3],
+        row_groups: (tile.rows / 4) as u32,
+        _pad: [0; 2],
     };
     // Without a bias, bind the (read-only) scratch in its place: every binding must be filled.
     let b = bias.unwrap_or(&wt);
@@ -270,8 +330,9 @@ pub fn conv_data_grad(
     gather_gemm(ctx, dy, inv_map, w, layout.swapped(), None, dx, (s.rows_out, s.rows_in, s.cout, s.cin, s.taps), accumulate)
 }
 
-/// Rows per split and split count of a split-K reduction whose partial slice has `count`
-/// elements, within the adapter's storage binding size.
+/// Split count and rows per split of a split-K reduction over `rows` whose partial slice
+/// has `count` elements, `threads_per_split` threads each, within the adapter's storage
+/// binding size.
 pub(crate) fn splits_for(ctx: &GpuContext, rows: usize, threads_per_split: usize, count: usize) -> (usize, usize) {
     let max_bytes = ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size);
     let slice_bytes = count as u64 * 4;
@@ -280,7 +341,14 @@ pub(crate) fn splits_for(ctx: &GpuContext, rows: usize, threads_per_split: usize
         "a weight gradient of {count} elements ({slice_bytes} bytes) exceeds the adapter's storage binding limit of {max_bytes} bytes"
     );
     let fit = (max_bytes / slice_bytes.max(1)).max(1) as usize;
-    let splits = split_count(rows, threads_per_split).min(fit).max(1);
+    let wanted = if is_cpu(ctx) {
+        // A CPU adapter runs a few dozen workgroups at a time, and every extra split costs
+        // a full pass of reduce_partials: keep 2048 threads and >= 256 rows per split.
+        (2048 / threads_per_split.max(1)).clamp(1, rows.div_ceil(256).max(1))
+    } else {
+        split_count(rows, threads_per_split)
+    };
+    let splits = wanted.min(fit).max(1);
     let rows_per_split = rows.div_ceil(splits).max(1);
     (rows.div_ceil(rows_per_split).max(1), rows_per_split)
 }
@@ -323,8 +391,15 @@ pub fn conv_weight_grad(
     ensure!(x.len == s.rows_in * s.cin, "conv input has {} elements, expected [{}, {}]", x.len, s.rows_in, s.cin);
     ensure!(map.len == s.rows_out * s.taps, "neighbour map has {} entries, expected [{}, {}]", map.len, s.rows_out, s.taps);
     ensure!(dy.len == s.rows_out * s.cout, "output gradient has {} elements, expected [{}, {}]", dy.len, s.rows_out, s.cout);
-    let (ktiles, ntiles) = (s.cin.div_ceil(WGRAD_TILE_K), s.cout.div_ceil(WGRAD_TILE_N));
-    let per_split = s.taps * ktiles * ntiles;
+    let tile = wgrad_tile_for(ctx, &s);
+    let ntiles = s.cout.div_ceil(tile.n);
+    let (ktiles, per_split) = if tile.flat {
+        let kt = (s.taps * s.cin).div_ceil(tile.k);
+        (kt, kt * ntiles)
+    } else {
+        let kt = s.cin.div_ceil(tile.k);
+        (kt, s.taps * kt * ntiles)
+    };
     let (splits, rps) = splits_for(ctx, s.rows_out, per_split, count);
     // One split writes dw directly; more write partials for the fixed-order combine.
     let partials = if splits == 1 { dw.clone() } else { ctx.zeros(splits * count) };
@@ -342,9 +417,11 @@ pub fn conv_weight_grad(
         sk: u(layout.cin, "weight stride")?,
         sn: u(layout.cout, "weight stride")?,
         count: u(count, "weight size")?,
+        k_groups: (tile.k / 4) as u32,
+        _pad: [0; 3],
     };
     u(splits * count, "partials size")?;
-    let kern = ctx.kernel("conv_wgrad")?;
+    let kern = ctx.kernel(tile.kernel)?;
     let mut out = vec![ctx.dispatch(&kern, &p, &[x, map, dy, &partials], total as u64)];
     if splits > 1 {
         out.push(reduce_partials(ctx, &partials, dw, splits, 1.0, false)?);

@@ -12,7 +12,7 @@ use crate::ops::reduce::reduce_partials;
 use crate::sparse::NeighbourMap;
 
 /// Rows owned by one thread of `depthwise.wgsl` (its `TR`; 4 channels per thread).
-const TILE_ROWS: usize = 4;
+const TILE_ROWS: usize = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -23,8 +23,24 @@ struct Params {
     ctiles: u32,
     has_bias: u32,
     accumulate: u32,
-    total: u32,
+    /// 1: `map` is an inverse map (data gradient), for the fast path's tap order.
+    dir: u32,
     _pad: u32,
+}
+
+/// Rows per strip of `depthwise_wgrad7.wgsl` (its `TR`): splits start on strip boundaries.
+const WGRAD7_STRIP: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Wgrad7Params {
+    rows: u32,
+    c: u32,
+    ctiles: u32,
+    rows_per_split: u32,
+    count: u32,
+    taps: u32,
+    _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -52,9 +68,10 @@ fn gather(
     c: usize,
     taps: usize,
     accumulate: bool,
+    inverse: bool,
 ) -> Result<Vec<Dispatch>> {
     ensure!(c > 0 && taps > 0, "depthwise conv with {c} channels, {taps} taps");
-    ensure!(inp.len % c == 0, "depthwise input of {} elements is not [rows, {c}]", inp.len);
+    ensure!(inp.len.is_multiple_of(c), "depthwise input of {} elements is not [rows, {c}]", inp.len);
     ensure!(map.len == rows * taps, "neighbour map has {} entries, expected [{rows}, {taps}]", map.len);
     ensure!(out.len == rows * c, "depthwise output has {} elements, expected [{rows}, {c}]", out.len);
     ensure!(w.len == c * taps, "depthwise weight has {} elements, expected [{c}, 1, {taps}]", w.len);
@@ -73,7 +90,7 @@ fn gather(
         ctiles: u(ctiles, "tiles")?,
         has_bias: bias.is_some() as u32,
         accumulate: accumulate as u32,
-        total: u(total, "threads")?,
+        dir: inverse as u32,
         _pad: 0,
     };
     // Without a bias the (read-only) weight fills the binding.
@@ -95,7 +112,7 @@ pub fn dw_forward(
     c: usize,
     taps: usize,
 ) -> Result<Vec<Dispatch>> {
-    gather(ctx, x, map, w, bias, y, rows_out, c, taps, false)
+    gather(ctx, x, map, w, bias, y, rows_out, c, taps, false, false)
 }
 
 /// `dx[r, c] (+)= Σ_t dy[inv[r, t], c] · w[c * taps + t]` with `inv_map =
@@ -112,7 +129,7 @@ pub fn dw_data_grad(
     taps: usize,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
-    gather(ctx, dy, inv_map, w, None, dx, rows_in, c, taps, accumulate)
+    gather(ctx, dy, inv_map, w, None, dx, rows_in, c, taps, accumulate, true)
 }
 
 /// `dw[c * taps + t] = Σ_r x[map[r, t], c] · dy[r, c]`, `dbias[c] = Σ_r dy[r, c]`
@@ -132,12 +149,19 @@ pub fn dw_weight_grad(
     let count = c * taps;
     ensure!(count > 0, "depthwise conv with {c} channels, {taps} taps");
     ensure!(dw.len == count, "depthwise weight gradient has {} elements, expected {count}", dw.len);
-    ensure!(x.len % c == 0, "depthwise input of {} elements is not [rows, {c}]", x.len);
+    ensure!(x.len.is_multiple_of(c), "depthwise input of {} elements is not [rows, {c}]", x.len);
     ensure!(map.len == rows_out * taps, "neighbour map has {} entries, expected [{rows_out}, {taps}]", map.len);
     ensure!(dy.len == rows_out * c, "output gradient has {} elements, expected [{rows_out}, {c}]", dy.len);
     let ctiles = c.div_ceil(4);
-    let per_split = ctiles * taps;
-    let (splits, rps) = splits_for(ctx, rows_out, per_split, count);
+    // 7×7: one thread per 4 channels and split covers every tap, walking strips of
+    // WGRAD7_STRIP rows (depthwise_wgrad7.wgsl); other sizes: one thread per tap too.
+    let seven = taps == 49;
+    let per_split = if seven { ctiles } else { ctiles * taps };
+    let (mut splits, mut rps) = splits_for(ctx, rows_out, per_split, count);
+    if seven {
+        rps = rps.next_multiple_of(WGRAD7_STRIP);
+        splits = rows_out.div_ceil(rps).max(1);
+    }
     let partials = if splits == 1 { dw.clone() } else { ctx.zeros(splits * count) };
     let total = splits * per_split;
     u(splits * count, "partials size")?;
@@ -151,8 +175,14 @@ pub fn dw_weight_grad(
         count: u(count, "weight size")?,
         _pad: 0,
     };
-    let k = ctx.kernel("depthwise_wgrad")?;
-    let mut out = vec![ctx.dispatch(&k, &p, &[x, map, dy, &partials], total as u64)];
+    let k = ctx.kernel(if seven { "depthwise_wgrad7" } else { "depthwise_wgrad" })?;
+    let d = if seven {
+        let p7 = Wgrad7Params { rows: p.rows, c: p.c, ctiles: p.ctiles, rows_per_split: p.rows_per_split, count: p.count, taps: 49, _pad: [0; 2] };
+        ctx.dispatch(&k, &p7, &[x, map, dy, &partials], total as u64)
+    } else {
+        ctx.dispatch(&k, &p, &[x, map, dy, &partials], total as u64)
+    };
+    let mut out = vec![d];
     if splits > 1 {
         out.push(reduce_partials(ctx, &partials, dw, splits, 1.0, false)?);
     }
@@ -269,7 +299,7 @@ mod tests {
                     if h == 24 && c > 5 {
                         continue; // the many-split case needs only a narrow shape
                     }
-                    let (bias, acc) = (i % 2 == 0, (i / 2) % 2 == 0);
+                    let (bias, acc) = (i.is_multiple_of(2), (i / 2) % 2 == 0);
                     let what = format!("depthwise {k}x{k} h {h} ({mname}, C {c}, bias {bias}, accumulate {acc})");
                     let (set, map) = setup(mask, h, k);
                     let (rows, taps) = (set.rows(), k * k);

@@ -33,7 +33,7 @@ pub fn maxpool_forward(
     c: usize,
     taps: usize,
 ) -> Result<Vec<Dispatch>> {
-    ensure!(c > 0 && x.len % c == 0, "max-pool input of {} elements is not [rows, {c}]", x.len);
+    ensure!(c > 0 && x.len.is_multiple_of(c), "max-pool input of {} elements is not [rows, {c}]", x.len);
     ensure!(map.len == rows_out * taps, "neighbour map has {} entries, expected [{rows_out}, {taps}]", map.len);
     ensure!(y.len == rows_out * c && argmax.len == rows_out * c, "max-pool outputs must be [{rows_out}, {c}]");
     let n = u(rows_out * c, "elements")?;
@@ -56,7 +56,7 @@ pub fn maxpool_backward(
     taps: usize,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
-    ensure!(c > 0 && dy.len % c == 0 && argmax.len == dy.len, "max-pool gradients must be [rows_out, {c}]");
+    ensure!(c > 0 && dy.len.is_multiple_of(c) && argmax.len == dy.len, "max-pool gradients must be [rows_out, {c}]");
     ensure!(inv_map.len == rows_in * taps, "inverse map has {} entries, expected [{rows_in}, {taps}]", inv_map.len);
     ensure!(dx.len == rows_in * c, "max-pool input gradient has {} elements, expected [{rows_in}, {c}]", dx.len);
     let n = u(rows_in * c, "elements")?;
@@ -200,7 +200,7 @@ mod tests {
         let n = inp.rows() * c;
         // distinct values, far apart compared with the step, some negative so that masked
         // zeros win some windows
-        let mut x: Vec<f64> = (0..n).map(|i| (i as f64 + 1.0) * 0.01 * if i % 3 == 0 { -1.0 } else { 1.0 }).collect();
+        let mut x: Vec<f64> = (0..n).map(|i| (i as f64 + 1.0) * 0.01 * if i.is_multiple_of(3) { -1.0 } else { 1.0 }).collect();
         let perm = random_vec(9, n);
         let mut idx: Vec<usize> = (0..n).collect();
         idx.sort_by(|&a, &b| perm[a].total_cmp(&perm[b]));

@@ -99,6 +99,16 @@ fn check_case(ctx: &GpuContext, geo: &Geo, mask: &PatchMask, cin: usize, cout: u
     }
 }
 
+/// Every gather-GEMM kernel (forward and data gradient) and weight-gradient kernel that
+/// can run `cin -> cout`, paired up.
+fn tiles_for(cin: usize, cout: usize) -> Vec<(GemmTile, WgradTile)> {
+    let mut t = vec![(GPU_TILE, GPU_WGRAD), (CPU_TILE, CPU_WGRAD), (CPU_NARROW_TILE, CPU_WGRAD)];
+    if cin.is_multiple_of(4) && cout.is_multiple_of(4) {
+        t.push((CPU_VEC4_TILE, CPU_WGRAD_VEC4));
+    }
+    t
+}
+
 #[test]
 fn gpu_matches_cpu_on_every_geometry() {
     let ctx = GpuContext::new_default().unwrap();
@@ -112,10 +122,14 @@ fn gpu_matches_cpu_on_every_geometry() {
             }
             for (i, &(cin, cout)) in chans.iter().enumerate() {
                 // every (bias, accumulate) combination appears once per geometry and mask
-                let (bias, acc) = (i % 2 == 0, (i / 2) % 2 == 0);
-                let what = format!("{} ({mname}, {cin}->{cout}, bias {bias}, accumulate {acc})", geo.name);
-                check_case(&ctx, geo, &mask, cin, cout, bias, acc, seed, &what);
-                seed += 10;
+                let (bias, acc) = (i.is_multiple_of(2), (i / 2) % 2 == 0);
+                for (tile, wtile) in tiles_for(cin, cout) {
+                    let what = format!("{} ({mname}, {cin}->{cout}, bias {bias}, accumulate {acc}, {tile:?}, {wtile:?})", geo.name);
+                    FORCE_TILE.with(|f| f.set(Some(tile)));
+                    FORCE_WGRAD.with(|f| f.set(Some(wtile)));
+                    check_case(&ctx, geo, &mask, cin, cout, bias, acc, seed, &what);
+                    seed += 10;
+                }
             }
         }
     }
@@ -130,6 +144,13 @@ fn weight_gradient_with_many_splits() {
     check_case(&ctx, &geo, &mask, 5, 17, true, false, 7, geo.name);
     let geo = Geo { name: "stem big", win: Window::new(7, 2, 3), transposed: false, h_in: 32, dense: false };
     check_case(&ctx, &geo, &random_patch_mask(3, 3, 2, 2, 0.5), 3, 9, false, true, 8, geo.name);
+    // rows and channels spanning several of the large CPU tiles
+    let geo = Geo { name: "dense 3x3/1 wide", win: Window::new(3, 1, 1), transposed: false, h_in: 9, dense: true };
+    for (tile, wtile) in tiles_for(36, 68) {
+        FORCE_TILE.with(|f| f.set(Some(tile)));
+        FORCE_WGRAD.with(|f| f.set(Some(wtile)));
+        check_case(&ctx, &geo, &mask, 36, 68, true, true, 9, &format!("{} {tile:?} {wtile:?}", geo.name));
+    }
 }
 
 #[test]
@@ -154,7 +175,7 @@ fn linear_layer_is_a_one_tap_conv() {
 #[test]
 fn layouts_match_pytorch() {
     let l = WeightLayout::oihw(3, 5, 9);
-    assert_eq!(l.index(4, 2, 1), 1 * 3 * 9 + 2 * 9 + 4);
+    assert_eq!(l.index(4, 2, 1), 3 * 9 + 2 * 9 + 4);
     let l = WeightLayout::iohw(3, 5, 16);
     assert_eq!(l.index(7, 2, 4), 2 * 5 * 16 + 4 * 16 + 7);
     assert_eq!(l.swapped().index(7, 4, 2), l.index(7, 2, 4));
