@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// Skip the per-kernel timestamp profile.
     #[arg(long)]
     pub no_profile: bool,
+    /// Also list the N slowest single dispatches.
+    #[arg(long, default_value_t = 0)]
+    pub top: usize,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     pub json: bool,
@@ -122,6 +125,14 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs) -> Result<()> {
             .chain(model.optimizer.as_ref().map(|o| o.dispatches()).unwrap_or(&[]).iter())
             .collect();
         let ms = ctx.profile(&all)?;
+        if a.top > 0 {
+            let mut idx: Vec<usize> = (0..all.len()).collect();
+            idx.sort_by(|&i, &j| ms[j].total_cmp(&ms[i]));
+            for &i in idx.iter().take(a.top) {
+                let gf = if all[i].flops > 0 { format!("{:.2} GFLOP/s", all[i].flops as f64 / (ms[i] * 1e6)) } else { String::new() };
+                eprintln!("  {:>8.2} ms  {:<28} {} {gf}", ms[i], all[i].kernel.name, all[i].label);
+            }
+        }
         let mut by: BTreeMap<String, (f64, u64)> = BTreeMap::new();
         for (d, t) in all.iter().zip(&ms) {
             let e = by.entry(d.kernel.name.clone()).or_default();

@@ -187,7 +187,7 @@ impl GpuContext {
             layout: &kernel.layout,
             entries: &entries,
         });
-        Dispatch { kernel: kernel.clone(), bind_group, groups, flops: 0 }
+        Dispatch { kernel: kernel.clone(), bind_group, groups, flops: 0, label: String::new() }
     }
 
     /// Encode `dispatches` in order into one compute pass and submit (no wait).
@@ -213,6 +213,8 @@ pub struct Dispatch {
     pub groups: [u32; 3],
     /// Floating-point operations of this launch when known (for GFLOP/s reports).
     pub flops: u64,
+    /// What the launch computes in the model (e.g. the parameter's name), for profiles.
+    pub label: String,
 }
 
 impl Dispatch {

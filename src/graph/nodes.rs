@@ -36,8 +36,17 @@ pub const BN_EPS: f32 = 1e-5;
 /// Attribute an op's floating-point work to its first (main) dispatch, for GFLOP/s
 /// reports; the helper dispatches (re-layouts, reductions) count as overhead.
 fn with_flops(mut d: Vec<crate::gpu::Dispatch>, flops: u64) -> Vec<crate::gpu::Dispatch> {
-    if let Some(first) = d.first_mut() {
-        first.flops = flops;
+    // The main kernel is the first one that is neither a re-layout nor a reduction.
+    let main = d.iter().position(|x| !x.kernel.name.contains("relayout") && !x.kernel.name.contains("reduce")).unwrap_or(0);
+    if let Some(m) = d.get_mut(main) {
+        m.flops = flops;
+    }
+    d
+}
+
+fn labelled(mut d: Vec<crate::gpu::Dispatch>, label: String) -> Vec<crate::gpu::Dispatch> {
+    for x in &mut d {
+        x.label = label.clone();
     }
     d
 }
@@ -57,16 +66,17 @@ impl Graph<'_> {
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
         let flops = 2 * (s.rows_out * taps * cin * cout) as u64;
         let d = conv_forward(self.ctx, &xt, &map, &w, layout, b.as_ref(), &yt, s, false)?;
-        self.forward.extend(with_flops(d, flops));
+        let name = format!("{} {}x{} {}->{} rows {}", self.params.spec(p.weight).name, win.kh, win.kw, cin, cout, s.rows_out);
+        self.forward.extend(labelled(with_flops(d, flops), format!("fwd {name}")));
         self.on_backward(move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let dw = g.params.grad(p.weight);
             let db = p.bias.map(|b| g.params.grad(b));
             let d = conv_weight_grad(g.ctx, &xt, &map, &dy, &dw, layout, db.as_ref(), s)?;
-            g.backward.extend(with_flops(d, flops));
+            g.backward.extend(labelled(with_flops(d, flops), format!("wgrad {name}")));
             if let Some((dx, acc)) = g.grad_in(x) {
                 let d = conv_data_grad(g.ctx, &dy, &inv, &w, layout, &dx, s, acc)?;
-                g.backward.extend(with_flops(d, flops));
+                g.backward.extend(labelled(with_flops(d, flops), format!("dgrad {name}")));
             }
             Ok(())
         });
