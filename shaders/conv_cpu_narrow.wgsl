@@ -65,9 +65,10 @@ fn outer(xs: vec4<f32>, w: vec4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(w * xs.x, w * xs.y, w * xs.z, w * xs.w);
 }
 
-@compute @workgroup_size(64)
+// 8 invocations = one SIMD vector of llvmpipe: small layers still spread over every core.
+@compute @workgroup_size(8)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = gid.x + gid.y * nwg.x * 64u;
+    let id = gid.x + gid.y * nwg.x * 8u;
     let ct = id % p.ctiles;
     let q = id / p.ctiles;
     let q2 = q / G;
