@@ -1,5 +1,4 @@
-// Gather convolution for CPU adapters, any K and N (the 3-channel stem and output
-// layers): same contract as conv.wgsl; scalar input loads, vec4 weight loads from the
+// Gather convolution for CPU adapters, any K and N (the 3-channel stem input): same contract as conv.wgsl; scalar input loads, vec4 weight loads from the
 // padded re-laid weight. TR = 32 rows x 32 output channels per thread (see
 // conv_cpu_vec4.wgsl for why CPU tiles are this large).
 //
