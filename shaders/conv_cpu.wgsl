@@ -1,5 +1,6 @@
-// Gather convolution for CPU adapters, any K and N (the 3-channel stem input): same contract as conv.wgsl; scalar input loads, vec4 weight loads from the
-// padded re-laid weight. TR = 32 rows x 32 output channels per thread (see
+// Gather convolution for CPU adapters, any K and N (the 3-channel stem input): same
+// contract as conv.wgsl; scalar input loads, vec4 weight loads from the padded re-laid
+// weight. TR = 32 rows x 32 output channels per thread (see
 // conv_cpu_vec4.wgsl for why CPU tiles are this large).
 //
 // Accumulator a<i>_<j> (mat4x4) holds rows 4i..4i+3 (its columns) x channels 4j..4j+3,
