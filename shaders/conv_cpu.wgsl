@@ -1,6 +1,6 @@
-// Gather convolution for CPU adapters, any K and N (the 3-channel stem and output
-// layers): same contract as conv.wgsl; scalar input loads, vec4 weight loads from the
-// padded re-laid weight. TR = 32 rows x 32 output channels per thread (see
+// Gather convolution for CPU adapters, any K and N (the 3-channel stem input): same
+// contract as conv.wgsl; scalar input loads, vec4 weight loads from the padded re-laid
+// weight. TR = 32 rows x 32 output channels per thread (see
 // conv_cpu_vec4.wgsl for why CPU tiles are this large).
 //
 // Accumulator a<i>_<j> (mat4x4) holds rows 4i..4i+3 (its columns) x channels 4j..4j+3,
@@ -65,9 +65,10 @@ fn outer(xs: vec4<f32>, w: vec4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(w * xs.x, w * xs.y, w * xs.z, w * xs.w);
 }
 
-@compute @workgroup_size(64)
+// 8 invocations = one SIMD vector of llvmpipe: small layers still spread over every core.
+@compute @workgroup_size(8)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = gid.x + gid.y * nwg.x * 64u;
+    let id = gid.x + gid.y * nwg.x * 8u;
     let ct = id % p.ctiles;
     let q = id / p.ctiles;
     let q2 = q / G;

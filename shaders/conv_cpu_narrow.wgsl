@@ -1,7 +1,9 @@
-// Gather convolution for CPU adapters, any K and N (the 3-channel stem and output
-// layers): same contract as conv.wgsl; scalar input loads, vec4 weight loads from the
-// padded re-laid weight. TR = 64 rows x 4 output channels per thread (see
-// conv_cpu_vec4.wgsl for why CPU tiles are this large).
+// Gather convolution for CPU adapters with N <= 4 output channels (the 3-channel output
+// projection; the stem's data gradient): same contract as conv.wgsl; scalar input loads,
+// vec4 weight loads from the padded re-laid weight. TR = 64 rows x 4 output channels per
+// thread: a wide column tile would be mostly padding, so the tile grows along rows (see
+// conv_cpu_vec4.wgsl for why CPU tiles are this large). Each loaded input serves only N
+// multiply-adds here, so this kernel is load-bound whatever its shape.
 //
 // Accumulator a<i>_<j> (mat4x4) holds rows 4i..4i+3 (its columns) x channels 4j..4j+3,
 // updated per input channel by the outer product of the 4 rows' inputs and 4 weights.
@@ -65,9 +67,10 @@ fn outer(xs: vec4<f32>, w: vec4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(w * xs.x, w * xs.y, w * xs.z, w * xs.w);
 }
 
-@compute @workgroup_size(64)
+// 8 invocations = one SIMD vector of llvmpipe: small layers still spread over every core.
+@compute @workgroup_size(8)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = gid.x + gid.y * nwg.x * 64u;
+    let id = gid.x + gid.y * nwg.x * 8u;
     let ct = id % p.ctiles;
     let q = id / p.ctiles;
     let q2 = q / G;

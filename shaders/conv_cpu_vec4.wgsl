@@ -71,9 +71,10 @@ fn ws4(i: u32, nv: u32) -> mat4x4<f32> {
     return mat4x4<f32>(wt[i], wt[i + nv], wt[i + 2u * nv], wt[i + 3u * nv]);
 }
 
-@compute @workgroup_size(64)
+// 8 invocations = one SIMD vector of llvmpipe: small layers still spread over every core.
+@compute @workgroup_size(8)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = gid.x + gid.y * nwg.x * 64u;
+    let id = gid.x + gid.y * nwg.x * 8u;
     let ct = id % p.ctiles;
     let q = id / p.ctiles;
     let q2 = q / G;

@@ -49,9 +49,10 @@ fn put16(base: u32, kk0: u32, n0: u32, m: mat4x4<f32>) {
     }
 }
 
-@compute @workgroup_size(64)
+// 8 invocations = one SIMD vector of llvmpipe: small layers still spread over every core.
+@compute @workgroup_size(8)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let id = gid.x + gid.y * nwg.x * 64u;
+    let id = gid.x + gid.y * nwg.x * 8u;
     let tid = min(id, p.total - 1u);   // clamp, do not return early (uniform control flow)
     let nt = tid % p.ntiles;
     let q = tid / p.ntiles;

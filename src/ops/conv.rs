@@ -14,7 +14,6 @@ use anyhow::{Result, ensure};
 
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 use crate::ops::reduce::{reduce_partials, split_count};
-use crate::sparse::NeighbourMap;
 
 /// Element strides of the stored weight: `w[t * tap + ci * cin + co * cout]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,92 +69,6 @@ impl ConvShape {
     /// Multiply-adds × 2 of the forward pass (each gradient costs the same).
     pub fn flops(&self) -> f64 {
         2.0 * self.rows_out as f64 * self.taps as f64 * self.cin as f64 * self.cout as f64
-    }
-}
-
-/// A gather-GEMM kernel and the output rows × output channels one thread owns (its
-/// WGSL `TR`, `4 * TV`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct GemmTile {
-    kernel: &'static str,
-    rows: usize,
-    cols: usize,
-}
-
-/// GPUs: a tile that stays in registers.
-pub(crate) const GPU_TILE: GemmTile = GemmTile { kernel: "conv", rows: 4, cols: 8 };
-/// CPU drivers: loads cost far more than multiply-adds and spills are cheap, so the tiles
-/// are large (see conv_cpu_vec4.wgsl). K and N multiples of 4: vec4 loads and stores.
-pub(crate) const CPU_VEC4_TILE: GemmTile = GemmTile { kernel: "conv_cpu_vec4", rows: 32, cols: 32 };
-/// CPU drivers, other K and N (3-channel stem input).
-pub(crate) const CPU_TILE: GemmTile = GemmTile { kernel: "conv_cpu", rows: 32, cols: 32 };
-/// CPU drivers, N <= 4 (3-channel outputs): a 32-wide column tile would be mostly padding.
-pub(crate) const CPU_NARROW_TILE: GemmTile = GemmTile { kernel: "conv_cpu_narrow", rows: 64, cols: 4 };
-
-/// Row interleave `RI` and phase group `G` of every gather-GEMM kernel (see conv.wgsl).
-const ROW_INTERLEAVE: usize = 2;
-const ROW_GROUP: usize = 8;
-
-#[cfg(test)]
-thread_local! {
-    /// Tests run every kernel of the family on one adapter by forcing the tile.
-    pub(crate) static FORCE_TILE: std::cell::Cell<Option<GemmTile>> = const { std::cell::Cell::new(None) };
-}
-
-/// `rows_in`: rows of the gathered input (a vec4 binding needs at least one vec4).
-fn tile_for(ctx: &GpuContext, k: usize, n: usize, rows_in: usize) -> GemmTile {
-    #[cfg(test)]
-    if let Some(t) = FORCE_TILE.with(|f| f.get()) {
-        return t;
-    }
-    if !is_cpu(ctx) {
-        GPU_TILE
-    } else if n <= 4 {
-        CPU_NARROW_TILE
-    } else if k.is_multiple_of(4) && n.is_multiple_of(4) && rows_in > 0 {
-        CPU_VEC4_TILE
-    } else {
-        CPU_TILE
-    }
-}
-
-/// A weight-gradient kernel: input channels (or, `flat`, tap-and-channel pairs
-/// `k' = t * cin + ci`) × output channels one thread owns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct WgradTile {
-    kernel: &'static str,
-    k: usize,
-    n: usize,
-    flat: bool,
-}
-
-pub(crate) const GPU_WGRAD: WgradTile = WgradTile { kernel: "conv_wgrad", k: 4, n: 8, flat: false };
-/// CPU drivers (see conv_cpu_vec4.wgsl), cin and cout multiples of 4.
-pub(crate) const CPU_WGRAD_VEC4: WgradTile = WgradTile { kernel: "conv_wgrad_cpu_vec4", k: 32, n: 32, flat: false };
-/// CPU drivers, any channel counts; `k'` spans taps so that the 3-channel stem fills the tile.
-pub(crate) const CPU_WGRAD: WgradTile = WgradTile { kernel: "conv_wgrad_cpu", k: 32, n: 32, flat: true };
-
-#[cfg(test)]
-thread_local! {
-    pub(crate) static FORCE_WGRAD: std::cell::Cell<Option<WgradTile>> = const { std::cell::Cell::new(None) };
-}
-
-fn is_cpu(ctx: &GpuContext) -> bool {
-    ctx.info.device_type == wgpu::DeviceType::Cpu
-}
-
-fn wgrad_tile_for(ctx: &GpuContext, s: &ConvShape) -> WgradTile {
-    #[cfg(test)]
-    if let Some(t) = FORCE_WGRAD.with(|f| f.get()) {
-        return t;
-    }
-    if !is_cpu(ctx) {
-        GPU_WGRAD
-    } else if s.cin.is_multiple_of(4) && s.cout.is_multiple_of(4) && s.rows_in > 0 && s.rows_out > 0 {
-        // (vec4 bindings need at least one vec4)
-        CPU_WGRAD_VEC4
-    } else {
-        CPU_WGRAD
     }
 }
 
@@ -432,103 +345,11 @@ pub fn conv_weight_grad(
     Ok(out)
 }
 
-// ---------------------------------------------------------------------------------------
-// CPU references (f64 inside; the f64 cores also serve the finite-difference tests).
-
-fn to64(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&a| a as f64).collect()
-}
-
-fn to32(v: &[f64]) -> Vec<f32> {
-    v.iter().map(|&a| a as f32).collect()
-}
-
-pub(crate) fn forward64(x: &[f64], map: &NeighbourMap, w: &[f64], l: WeightLayout, bias: Option<&[f64]>, s: ConvShape) -> Vec<f64> {
-    assert_eq!(map.rows_out, s.rows_out);
-    assert_eq!(map.taps, s.taps);
-    let mut y = vec![0f64; s.rows_out * s.cout];
-    for r in 0..s.rows_out {
-        let yr = &mut y[r * s.cout..(r + 1) * s.cout];
-        if let Some(b) = bias {
-            yr.copy_from_slice(b);
-        }
-        for t in 0..s.taps {
-            let m = map.get(r, t);
-            if m < 0 {
-                continue;
-            }
-            let xr = &x[m as usize * s.cin..(m as usize + 1) * s.cin];
-            for (ci, &xv) in xr.iter().enumerate() {
-                for (co, yv) in yr.iter_mut().enumerate() {
-                    *yv += xv * w[l.index(t, ci, co)];
-                }
-            }
-        }
-    }
-    y
-}
-
-/// Scatter form of the data gradient (independent of the GPU's inverse-map gather).
-pub(crate) fn data_grad64(dy: &[f64], map: &NeighbourMap, w: &[f64], l: WeightLayout, s: ConvShape) -> Vec<f64> {
-    let mut dx = vec![0f64; s.rows_in * s.cin];
-    for r in 0..s.rows_out {
-        for t in 0..s.taps {
-            let m = map.get(r, t);
-            if m < 0 {
-                continue;
-            }
-            for ci in 0..s.cin {
-                let mut acc = 0f64;
-                for co in 0..s.cout {
-                    acc += dy[r * s.cout + co] * w[l.index(t, ci, co)];
-                }
-                dx[m as usize * s.cin + ci] += acc;
-            }
-        }
-    }
-    dx
-}
-
-pub(crate) fn weight_grad64(x: &[f64], map: &NeighbourMap, dy: &[f64], l: WeightLayout, s: ConvShape) -> (Vec<f64>, Vec<f64>) {
-    let mut dw = vec![0f64; l.extent(s.taps, s.cin, s.cout)];
-    let mut db = vec![0f64; s.cout];
-    for r in 0..s.rows_out {
-        for co in 0..s.cout {
-            db[co] += dy[r * s.cout + co];
-        }
-        for t in 0..s.taps {
-            let m = map.get(r, t);
-            if m < 0 {
-                continue;
-            }
-            for ci in 0..s.cin {
-                let xv = x[m as usize * s.cin + ci];
-                for co in 0..s.cout {
-                    dw[l.index(t, ci, co)] += xv * dy[r * s.cout + co];
-                }
-            }
-        }
-    }
-    (dw, db)
-}
-
-/// CPU reference of `conv_forward` (without accumulation).
-pub fn conv_forward_ref(x: &[f32], map: &NeighbourMap, w: &[f32], layout: WeightLayout, bias: Option<&[f32]>, s: ConvShape) -> Vec<f32> {
-    let b = bias.map(to64);
-    to32(&forward64(&to64(x), map, &to64(w), layout, b.as_deref(), s))
-}
-
-/// CPU reference of `conv_data_grad`: `dx [rows_in, cin]` from `dy [rows_out, cout]` and
-/// the FORWARD map (computed as a scatter).
-pub fn conv_data_grad_ref(dy: &[f32], map: &NeighbourMap, w: &[f32], layout: WeightLayout, s: ConvShape) -> Vec<f32> {
-    to32(&data_grad64(&to64(dy), map, &to64(w), layout, s))
-}
-
-/// CPU reference of `conv_weight_grad`: `(dw in the stored layout, dbias)`.
-pub fn conv_weight_grad_ref(x: &[f32], map: &NeighbourMap, dy: &[f32], layout: WeightLayout, s: ConvShape) -> (Vec<f32>, Vec<f32>) {
-    let (dw, db) = weight_grad64(&to64(x), map, &to64(dy), layout, s);
-    (to32(&dw), to32(&db))
-}
-
+mod kernels;
+mod reference;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use kernels::is_cpu;
+use kernels::{ROW_GROUP, ROW_INTERLEAVE, tile_for, wgrad_tile_for};
+pub use reference::{conv_data_grad_ref, conv_forward_ref, conv_weight_grad_ref};

@@ -2,7 +2,9 @@
 //! central finite differences.
 
 use super::*;
-use crate::sparse::{ActiveSet, PatchMask, Window, conv_map, inverse_map, transposed_conv_map};
+use super::kernels::*;
+use super::reference::{data_grad64, forward64, to64, weight_grad64};
+use crate::sparse::{ActiveSet, NeighbourMap, PatchMask, Window, conv_map, inverse_map, transposed_conv_map};
 use crate::testing::{assert_close, assert_grad_matches, numeric_grad, random_patch_mask, random_vec};
 
 /// One layer geometry: window, transposed or not, input side, and whether it is a dense
