@@ -4,19 +4,26 @@
 // `always_adapt` is False), then p -= lr * trust * update.
 //
 // Parameters, gradients and both moments are flat buffers holding every tensor as a
-// segment. Work is split into chunks that never straddle a segment, so one dispatch per
-// phase covers all tensors whatever their number:
+// segment. Work is split into chunks that never straddle a segment, so each phase covers
+// all tensors whatever their number:
 //   grad_sumsq  (workgroup per chunk)   partials[c] = sum g^2
 //   clip        (one workgroup)         scalars[4] = global norm, scalars[5] = clip factor
 //   moments     (workgroup per chunk)   m, v updated; partials[n + c] = sum u^2, [2n + c] = sum p^2
 //   trust       (thread per segment)    scalars[8 + s] = trust ratio (fixed-order chunk sum)
 //   apply       (workgroup per chunk)   p -= lr * trust * u
+// The per-chunk phases run once per group of consecutive chunks (chunks chunk_base ..
+// chunk_base + group_chunks), each binding views of the four flat buffers small enough for
+// max_storage_buffer_binding_size; chunk starts in the table are relative to the group's
+// view. Partials use global chunk numbers, so clip and trust (one dispatch each) see every
+// group.
 // The update u is recomputed in `apply` from the stored moments instead of being kept in a
 // parameter-sized scratch buffer. Every sum has a fixed order (strided per-thread sums, a
 // fixed tree, then chunks in ascending order): no atomics, identical bits on every run.
 struct Params {
     n_chunks: u32,
     n_segments: u32,
+    chunk_base: u32,
+    group_chunks: u32,
     beta1: f32,
     beta2: f32,
     one_minus_beta1: f32,
@@ -54,8 +61,11 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
     return r;
 }
 
+// Global chunk number of this workgroup, or n_chunks when it is past its group's end.
 fn chunk_id(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + wg.y * nwg.x;
+    let lc = wg.x + wg.y * nwg.x;
+    if (lc >= p.group_chunks) { return p.n_chunks; }
+    return p.chunk_base + lc;
 }
 
 // Weight decay reaches the update (and the trust ratio applies) only for decay segments

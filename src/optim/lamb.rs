@@ -11,9 +11,22 @@
 //! group gets no trust ratio in a step whose scheduled weight decay is exactly 0.
 //!
 //! Parameters, gradients and both moments are flat tensors with each parameter a
-//! segment. The step is 5 recorded dispatches whatever the number of segments: the
-//! segment layout lives in a table on the GPU, and the per-step values (lr, weight decay,
-//! bias corrections) in a small tensor the host writes before each step.
+//! segment. The segment layout lives in a table on the GPU, and the per-step values (lr,
+//! weight decay, bias corrections) in a small tensor the host writes before each step, so
+//! the number of dispatches never grows with the number of tensors.
+//!
+//! Binding-size groups: a flat buffer can exceed the adapter's
+//! `max_storage_buffer_binding_size` (SparK-ResNet-50 with its decoder holds ~52.9 M
+//! values = 212 MB; lavapipe and many GPUs cap a binding at 128 MiB). The work is cut
+//! into chunks that never straddle a segment, and the chunks, in table order, into
+//! consecutive groups whose element span (from the group's first chunk, rounded down to
+//! `min_storage_buffer_offset_alignment`, to its last chunk's end) fits the limit. The
+//! three per-element passes (`grad_sumsq`, `moments`, `apply`) run once per group over
+//! views of the four flat tensors; a segment larger than the limit simply has its chunks
+//! in several groups. Partial sums are indexed by GLOBAL chunk number in one shared
+//! buffer, so the single `clip` and `trust` dispatches combine every group in the same
+//! fixed order as with one group: the results are bitwise identical whatever the
+//! grouping. The step is `3 · groups + 2` dispatches (5 when everything fits one binding).
 
 use anyhow::{Result, ensure};
 
@@ -66,6 +79,9 @@ const TRUST_BASE: usize = 8;
 struct Params {
     n_chunks: u32,
     n_segments: u32,
+    /// The group's first global chunk and its chunk count (per-element passes only).
+    chunk_base: u32,
+    group_chunks: u32,
     beta1: f32,
     beta2: f32,
     one_minus_beta1: f32,
@@ -89,7 +105,52 @@ pub struct Lamb {
     scalars: GpuTensor,
     cfg: LambConfig,
     segments: Vec<ParamSegment>,
+    groups: usize,
     dispatches: Vec<Dispatch>,
+}
+
+/// A run of consecutive chunks bound through one view of each flat tensor, starting at
+/// element `base` (aligned) and `len` elements long.
+struct Group {
+    first_chunk: usize,
+    n_chunks: usize,
+    base: usize,
+    len: usize,
+}
+
+/// Cut `chunks` (global element start, length, segment), in order, into consecutive
+/// groups whose span from `base` (the first start rounded down to `align` elements) to
+/// the last end is at most `max_elems`.
+fn group_chunks(chunks: &[(usize, usize, usize)], align: usize, max_elems: usize, segments: &[ParamSegment]) -> Result<Vec<Group>> {
+    let mut groups: Vec<Group> = vec![];
+    // Open group: first chunk, lowest start, highest end.
+    let mut open: Option<(usize, usize, usize)> = None;
+    for (c, &(start, len, seg)) in chunks.iter().enumerate() {
+        let end = start + len;
+        let alone = end - start / align * align;
+        ensure!(
+            alone <= max_elems,
+            "LAMB: a chunk of parameter {} needs a {} B binding, above the {} B storage-binding limit",
+            segments[seg].name,
+            alone * 4,
+            max_elems * 4
+        );
+        if let Some((first, lo, hi)) = open {
+            let (lo2, hi2) = (lo.min(start), hi.max(end));
+            if hi2 - lo2 / align * align <= max_elems {
+                open = Some((first, lo2, hi2));
+                continue;
+            }
+            let base = lo / align * align;
+            groups.push(Group { first_chunk: first, n_chunks: c - first, base, len: hi - base });
+        }
+        open = Some((c, start, end));
+    }
+    if let Some((first, lo, hi)) = open {
+        let base = lo / align * align;
+        groups.push(Group { first_chunk: first, n_chunks: chunks.len() - first, base, len: hi - base });
+    }
+    Ok(groups)
 }
 
 impl Lamb {
@@ -109,6 +170,21 @@ impl Lamb {
         cfg: LambConfig,
         chunk: usize,
     ) -> Result<Self> {
+        let max_binding = ctx.limits.max_storage_buffer_binding_size as u64;
+        Self::with_limits(ctx, params, grads, segments, cfg, chunk, max_binding)
+    }
+
+    /// As `with_chunk` with bindings of at most `max_binding_bytes` (clamped to the
+    /// adapter's limit); tests pass small values to exercise several groups.
+    pub fn with_limits(
+        ctx: &GpuContext,
+        params: &GpuTensor,
+        grads: &GpuTensor,
+        segments: Vec<ParamSegment>,
+        cfg: LambConfig,
+        chunk: usize,
+        max_binding_bytes: u64,
+    ) -> Result<Self> {
         ensure!(chunk > 0, "chunk must be positive");
         ensure!(grads.len == params.len, "grads ({}) and params ({}) differ in length", grads.len, params.len);
         let mut sorted: Vec<&ParamSegment> = segments.iter().collect();
@@ -119,20 +195,43 @@ impl Lamb {
             end = s.offset + s.len;
             ensure!(end <= params.len, "segment {} ends at {end}, past the {} parameters", s.name, params.len);
         }
+        // Group views start at a common element offset of all four flat tensors (the
+        // moments start at byte 0), so params and grads must be aligned themselves.
+        let align_bytes = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(4);
+        ensure!(
+            params.offset % align_bytes == 0 && grads.offset % align_bytes == 0,
+            "LAMB: params (byte {}) and grads (byte {}) must start at multiples of {align_bytes} B",
+            params.offset,
+            grads.offset
+        );
+        let max_bytes = max_binding_bytes.min(ctx.limits.max_storage_buffer_binding_size as u64);
+        let max_elems = (max_bytes / 4) as usize;
 
         // chunks: (start, len, segment); then segments: (first chunk, count, decay).
         let mut chunks = vec![];
         let mut segs = vec![];
         for (si, s) in segments.iter().enumerate() {
-            let first = chunks.len() / 3;
+            let first = chunks.len();
             for start in (0..s.len).step_by(chunk) {
-                chunks.extend([(s.offset + start) as u32, chunk.min(s.len - start) as u32, si as u32]);
+                chunks.push((s.offset + start, chunk.min(s.len - start), si));
             }
-            segs.extend([first as u32, (chunks.len() / 3 - first) as u32, s.weight_decay as u32]);
+            segs.extend([first as u32, (chunks.len() - first) as u32, s.weight_decay as u32]);
         }
-        let n_chunks = chunks.len() / 3;
-        chunks.extend(segs);
-        let table = ctx.upload(&chunks);
+        let n_chunks = chunks.len();
+        let mut groups = group_chunks(&chunks, (align_bytes / 4) as usize, max_elems, &segments)?;
+        if groups.is_empty() {
+            // No chunk at all: one empty group keeps the pass structure (and bindings) valid.
+            groups.push(Group { first_chunk: 0, n_chunks: 0, base: 0, len: 0 });
+        }
+        // The table stores chunk starts relative to their group's view.
+        let mut table = Vec::with_capacity(3 * n_chunks + segs.len());
+        for g in &groups {
+            for &(start, len, si) in &chunks[g.first_chunk..g.first_chunk + g.n_chunks] {
+                table.extend([(start - g.base) as u32, len as u32, si as u32]);
+            }
+        }
+        table.extend(segs);
+        let table = ctx.upload(&table);
         let partials = ctx.zeros(3 * n_chunks);
         let scalars = ctx.zeros(TRUST_BASE + segments.len());
         let exp_avg = ctx.zeros(params.len);
@@ -142,6 +241,8 @@ impl Lamb {
         let p = Params {
             n_chunks: n_chunks as u32,
             n_segments: segments.len() as u32,
+            chunk_base: 0,
+            group_chunks: n_chunks as u32,
             beta1: cfg.beta1,
             beta2: cfg.beta2,
             one_minus_beta1: (1.0 - b1) as f32,
@@ -149,17 +250,42 @@ impl Lamb {
             eps: cfg.eps,
             max_grad_norm: cfg.max_grad_norm,
         };
-        let t = [params, grads, &exp_avg, &exp_avg_sq, &table, &partials, &scalars];
+        let views: Vec<[GpuTensor; 4]> = groups
+            .iter()
+            .map(|g| [params, grads, &exp_avg, &exp_avg_sq].map(|t| t.slice(g.base, g.len)))
+            .collect();
+        let bind = |v: &[GpuTensor; 4]| -> [GpuTensor; 7] {
+            [v[0].clone(), v[1].clone(), v[2].clone(), v[3].clone(), table.clone(), partials.clone(), scalars.clone()]
+        };
         let k = |e: &str| ctx.kernel_entry("lamb", e);
-        let per_chunk = ctx.grid_for(n_chunks as u64);
-        let dispatches = vec![
-            ctx.dispatch_groups(&k("grad_sumsq")?, &p, &t, per_chunk),
-            ctx.dispatch_groups(&k("clip")?, &p, &t, [1, 1, 1]),
-            ctx.dispatch_groups(&k("moments")?, &p, &t, per_chunk),
-            ctx.dispatch(&k("trust")?, &p, &t, segments.len() as u64),
-            ctx.dispatch_groups(&k("apply")?, &p, &t, per_chunk),
-        ];
-        Ok(Self { exp_avg, exp_avg_sq, scalars, cfg, segments, dispatches })
+        let per_group = |entry: &str| -> Result<Vec<Dispatch>> {
+            let kernel = k(entry)?;
+            Ok(groups
+                .iter()
+                .zip(&views)
+                .map(|(g, v)| {
+                    let pg = Params { chunk_base: g.first_chunk as u32, group_chunks: g.n_chunks as u32, ..p };
+                    let t = bind(v);
+                    ctx.dispatch_groups(&kernel, &pg, &t.each_ref(), ctx.grid_for(g.n_chunks as u64))
+                })
+                .collect())
+        };
+        // `clip` and `trust` touch only the small tensors, but every binding must be
+        // passed: they get the first group's (fitting) views.
+        let t0 = bind(&views[0]);
+        let t0 = t0.each_ref();
+        let mut dispatches = per_group("grad_sumsq")?;
+        dispatches.push(ctx.dispatch_groups(&k("clip")?, &p, &t0, [1, 1, 1]));
+        dispatches.extend(per_group("moments")?);
+        dispatches.push(ctx.dispatch(&k("trust")?, &p, &t0, segments.len() as u64));
+        dispatches.extend(per_group("apply")?);
+        let groups = groups.len();
+        Ok(Self { exp_avg, exp_avg_sq, scalars, cfg, segments, groups, dispatches })
+    }
+
+    /// Number of binding-size groups: the step is `3 * groups + 2` dispatches.
+    pub fn groups(&self) -> usize {
+        self.groups
     }
 
     /// The step, replayed every iteration after `set_hyper`.
@@ -301,8 +427,15 @@ mod tests {
         if den == 0.0 { num.sqrt() } else { (num / den).sqrt() }
     }
 
-    /// Run `hypers` steps on the GPU and on the CPU, comparing after each.
-    fn check(max_grad_norm: f32, chunk: usize, hypers: &[(f32, f32)], clipped: bool) {
+    /// A binding limit that forces several groups over `layout()` (1408 values) with
+    /// `chunk`-element chunks: about two chunks plus the alignment slack per group.
+    fn small_binding(ctx: &GpuContext, chunk: usize) -> u64 {
+        2 * chunk as u64 * 4 + ctx.limits.min_storage_buffer_offset_alignment as u64
+    }
+
+    /// Run `hypers` steps on the GPU and on the CPU, comparing after each; with
+    /// `max_binding` (bytes) the flat buffers are bound in several groups.
+    fn check(max_grad_norm: f32, chunk: usize, hypers: &[(f32, f32)], clipped: bool, max_binding: Option<fn(&GpuContext) -> u64>) {
         let ctx = GpuContext::new_default().unwrap();
         let (segs, total, zero_seg) = layout();
         let cfg = LambConfig { beta1: 0.9, beta2: 0.95, eps: 1e-6, max_grad_norm };
@@ -310,8 +443,16 @@ mod tests {
         let (mut m, mut v) = (vec![0f32; total], vec![0f32; total]);
         let tp = ctx.upload(&p);
         let tg = ctx.zeros(total);
-        let lamb = Lamb::with_chunk(&ctx, &tp, &tg, segs.clone(), cfg, chunk).unwrap();
-        assert_eq!(lamb.dispatches().len(), 5);
+        let lamb = match max_binding {
+            None => Lamb::with_chunk(&ctx, &tp, &tg, segs.clone(), cfg, chunk).unwrap(),
+            Some(b) => Lamb::with_limits(&ctx, &tp, &tg, segs.clone(), cfg, chunk, b(&ctx)).unwrap(),
+        };
+        if max_binding.is_some() {
+            assert!(lamb.groups() >= 3, "only {} groups", lamb.groups());
+        } else {
+            assert_eq!(lamb.groups(), 1);
+        }
+        assert_eq!(lamb.dispatches().len(), 3 * lamb.groups() + 2);
         for (k, &(lr, wd)) in hypers.iter().enumerate() {
             let step = k as u32 + 1;
             let g = grads_at(step, total);
@@ -320,7 +461,7 @@ mod tests {
             ctx.run(lamb.dispatches()).unwrap();
             let before = p.clone();
             lamb_step_ref(&mut p, &g, &mut m, &mut v, &segs, cfg, step, lr, wd);
-            let what = format!("max_norm {max_grad_norm} chunk {chunk} step {step}");
+            let what = format!("max_norm {max_grad_norm} chunk {chunk} groups {} step {step}", lamb.groups());
             let norm = segs.iter().flat_map(|s| &g[s.offset..s.offset + s.len]).map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
             let got_norm = ctx.read_f32(&lamb.grad_norm()).unwrap()[0] as f64;
             assert!((got_norm - norm).abs() <= 1e-5 * norm, "{what}: grad norm {got_norm} vs {norm}");
@@ -358,34 +499,62 @@ mod tests {
     #[test]
     fn gpu_matches_cpu_with_clipping() {
         // Gradients of ~1200 uniform values have a norm near 20.
-        check(1.0, 128, &HYPERS, true);
-        check(5.0, DEFAULT_CHUNK, &HYPERS[..2], true);
+        check(1.0, 128, &HYPERS, true, None);
+        check(5.0, DEFAULT_CHUNK, &HYPERS[..2], true, None);
     }
 
     #[test]
     fn gpu_matches_cpu_without_clipping() {
-        check(1e4, 128, &HYPERS, false);
-        check(1e4, DEFAULT_CHUNK, &HYPERS[..2], false);
+        check(1e4, 128, &HYPERS, false, None);
+        check(1e4, DEFAULT_CHUNK, &HYPERS[..2], false, None);
+    }
+
+    /// Small binding limits: several groups, the 1000-value segment split across groups.
+    #[test]
+    fn gpu_matches_cpu_in_binding_groups() {
+        check(1.0, 128, &HYPERS, true, Some(|ctx| small_binding(ctx, 128)));
+        check(1e4, 64, &HYPERS[..2], false, Some(|ctx| small_binding(ctx, 64)));
+    }
+
+    /// Three steps; returns the bits of params, exp_avg, exp_avg_sq and the scalars.
+    fn run_bits(ctx: &GpuContext, chunk: usize, max_binding: u64) -> (usize, [Vec<u32>; 4]) {
+        let (segs, total, zero_seg) = layout();
+        let cfg = LambConfig::spark(0.999);
+        let tp = ctx.upload(&init(&segs, total, zero_seg));
+        let tg = ctx.zeros(total);
+        let lamb = Lamb::with_limits(ctx, &tp, &tg, segs.clone(), cfg, chunk, max_binding).unwrap();
+        for step in 1..=3 {
+            ctx.write(&tg, &grads_at(step, total));
+            lamb.set_hyper(ctx, step, 1e-3, 0.04);
+            ctx.run(lamb.dispatches()).unwrap();
+        }
+        let bits = |t: &GpuTensor| ctx.read::<u32>(t).unwrap();
+        (lamb.groups(), [bits(&tp), bits(&lamb.exp_avg), bits(&lamb.exp_avg_sq), bits(&lamb.scalars)])
     }
 
     #[test]
     fn bitwise_deterministic() {
         let ctx = GpuContext::new_default().unwrap();
-        let (segs, total, zero_seg) = layout();
-        let cfg = LambConfig::spark(0.999);
-        let run = || {
-            let tp = ctx.upload(&init(&segs, total, zero_seg));
-            let tg = ctx.zeros(total);
-            let lamb = Lamb::with_chunk(&ctx, &tp, &tg, segs.clone(), cfg, 64).unwrap();
-            for step in 1..=3 {
-                ctx.write(&tg, &grads_at(step, total));
-                lamb.set_hyper(&ctx, step, 1e-3, 0.04);
-                ctx.run(lamb.dispatches()).unwrap();
-            }
-            let bits = |t: &GpuTensor| ctx.read::<u32>(t).unwrap();
-            (bits(&tp), bits(&lamb.exp_avg), bits(&lamb.exp_avg_sq))
-        };
-        assert_eq!(run(), run());
+        let one = run_bits(&ctx, 64, u64::MAX);
+        assert_eq!(one.0, 1);
+        assert_eq!(one, run_bits(&ctx, 64, u64::MAX));
+        // Grouping changes only which dispatch covers a chunk: same bits as one group.
+        let grouped = run_bits(&ctx, 64, small_binding(&ctx, 64));
+        assert!(grouped.0 >= 3, "only {} groups", grouped.0);
+        assert_eq!(grouped.1, one.1);
+        assert_eq!(grouped, run_bits(&ctx, 64, small_binding(&ctx, 64)));
+    }
+
+    #[test]
+    fn rejects_bindings_smaller_than_a_chunk_and_unaligned_tensors() {
+        let ctx = GpuContext::new_default().unwrap();
+        let (segs, total, _) = layout();
+        let (tp, tg) = (ctx.zeros(total), ctx.zeros(total));
+        let cfg = LambConfig::spark(0.95);
+        let err = Lamb::with_limits(&ctx, &tp, &tg, segs.clone(), cfg, 128, 256).err().unwrap().to_string();
+        assert!(err.contains("parameter p") && err.contains("256 B"), "{err}");
+        let big = ctx.zeros(total + 1);
+        assert!(Lamb::new(&ctx, &big.slice(1, total), &tg, segs, cfg).is_err());
     }
 
     #[test]
