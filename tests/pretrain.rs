@@ -164,3 +164,24 @@ fn an_empty_data_folder_says_what_was_searched() {
     let msg = format!("{e:#}");
     assert!(msg.contains(&data.path().display().to_string()), "{msg}");
 }
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_cfg(None, 6);
+    cfg.base_lr = 1e35; // the first update destroys the parameters
+    cfg.warmup_epochs = 0.0;
+    cfg.save_every = Some(1);
+    let ctx = GpuContext::new_default().unwrap();
+    let e = pretrain(&ctx, &cfg, out.path(), false, Arc::new(AtomicBool::new(false)), false).err().expect("the run must stop");
+    let msg = format!("{e:#}");
+    assert!(msg.contains("loss became") && msg.contains("checkpoint"), "{msg}");
+    // The checkpoint on disk is the one written after the last finite loss, and it loads.
+    let (t, meta) = read_safetensors(&out.path().join(CHECKPOINT_FILE)).unwrap();
+    let next: usize = meta["next_step"].parse().unwrap();
+    assert!(next >= 1, "no good checkpoint was kept");
+    let log = std::fs::read_to_string(out.path().join(LOG_FILE)).unwrap();
+    let finite = log.lines().filter(|l| !l.contains("NaN") && !l.contains("inf") && !l.contains("null")).count();
+    assert_eq!(next, finite, "checkpoint at step {next}, finite losses logged {finite}\n{log}");
+    assert!(t.values().all(|x| x.to_f32().iter().all(|v| v.is_finite())));
+}
