@@ -43,10 +43,10 @@ fn run(cfg: &PretrainConfig, dir: &Path, resume: bool) -> spark_wgpu::train::Run
 
 fn image_folder(dir: &Path) {
     for i in 0..5u8 {
-        let img: RgbImage = ImageBuffer::from_fn(70 + i as u32 * 9, 60, |x, y| Rgb([x as u8 * 3, y as u8 * 4, i * 40]));
+        let img: RgbImage = ImageBuffer::from_fn(70 + i as u32 * 9, 60, |x, y| Rgb([(x * 2) as u8, (y * 4) as u8, i * 40]));
         img.save(dir.join(format!("img{i}.png"))).unwrap();
     }
-    let gray: GrayImage = ImageBuffer::from_fn(80, 80, |x, _| Luma([x as u8 * 3]));
+    let gray: GrayImage = ImageBuffer::from_fn(80, 80, |x, _| Luma([(x * 3) as u8]));
     gray.save(dir.join("gray.png")).unwrap();
     let rgba: RgbaImage = ImageBuffer::from_fn(64, 90, |x, y| Rgba([x as u8, y as u8, 9, 128]));
     rgba.save(dir.join("rgba.png")).unwrap();

@@ -60,7 +60,7 @@ struct VarInfo {
     grad_written: bool,
 }
 
-type BackwardFn = Box<dyn FnOnce(&mut Graph) -> Result<()>>;
+type BackwardFn = (Var, Box<dyn FnOnce(&mut Graph) -> Result<()>>);
 
 pub struct Graph<'c> {
     pub ctx: &'c GpuContext,
@@ -77,6 +77,8 @@ pub struct Graph<'c> {
     pub forward: Vec<Dispatch>,
     tape: Vec<BackwardFn>,
     pub backward: Vec<Dispatch>,
+    /// Dead gradient buffers available for reuse while the backward is recorded.
+    grad_pool: Vec<GpuTensor>,
     /// BatchNorm counters incremented by each training forward.
     bn_counters: Vec<ParamId>,
     /// Compute every "sparse" stage densely (every site), as the official code does
@@ -108,6 +110,7 @@ impl<'c> Graph<'c> {
             forward: vec![],
             tape: vec![],
             backward: vec![],
+            grad_pool: vec![],
             bn_counters: vec![],
             dense_encoder: false,
         }
@@ -257,9 +260,10 @@ impl<'c> Graph<'c> {
 
     // ---- tape ------------------------------------------------------------------------
 
-    fn on_backward(&mut self, f: impl FnOnce(&mut Graph) -> Result<()> + 'static) {
+    /// Record the backward closure of the op that produced `out`.
+    fn on_backward(&mut self, out: Var, f: impl FnOnce(&mut Graph) -> Result<()> + 'static) {
         if self.train {
-            self.tape.push(Box::new(f));
+            self.tape.push((out, Box::new(f)));
         }
     }
 
@@ -278,7 +282,15 @@ impl<'c> Graph<'c> {
             return None;
         }
         if info.grad.is_none() {
-            info.grad = Some(self.ctx.zeros(rows * info.c));
+            let len = rows * info.c;
+            // Best fit from the gradients that are already dead (see `build_backward`).
+            let best = (0..self.grad_pool.len())
+                .filter(|&i| self.grad_pool[i].len >= len)
+                .min_by_key(|&i| self.grad_pool[i].len);
+            info.grad = Some(match best {
+                Some(i) => self.grad_pool.swap_remove(i).slice(0, len),
+                None => self.ctx.zeros(len),
+            });
         }
         let acc = info.grad_written;
         info.grad_written = true;
@@ -303,11 +315,19 @@ impl<'c> Graph<'c> {
     pub fn build_backward(&mut self, mark: usize) -> Result<usize> {
         let tape = std::mem::take(&mut self.tape);
         let mut start = 0;
-        for (i, f) in tape.into_iter().enumerate().rev() {
+        for (i, (out, f)) in tape.into_iter().enumerate().rev() {
             if i + 1 == mark {
                 start = self.backward.len();
             }
             f(self)?;
+            // Every consumer of `out` comes later in the forward, so its backward ran
+            // earlier: once the producer's backward has read the gradient of `out`, that
+            // buffer is dead and later gradients reuse it (dispatches run in order, and
+            // wgpu orders the accesses), which roughly halves the memory of the backward.
+            if let Some(g) = self.vars[out.0].grad.take() {
+                let capacity = (g.buffer.size() / 4) as usize;
+                self.grad_pool.push(GpuTensor { buffer: g.buffer, offset: 0, len: capacity });
+            }
         }
         Ok(start)
     }

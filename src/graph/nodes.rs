@@ -68,7 +68,7 @@ impl Graph<'_> {
         let d = conv_forward(self.ctx, &xt, &map, &w, layout, b.as_ref(), &yt, s, false)?;
         let name = format!("{} {}x{} {}->{} rows {}", self.params.spec(p.weight).name, win.kh, win.kw, cin, cout, s.rows_out);
         self.forward.extend(labelled(with_flops(d, flops), format!("fwd {name}")));
-        self.on_backward(move |g| {
+        self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let dw = g.params.grad(p.weight);
             let db = p.bias.map(|b| g.params.grad(b));
@@ -95,7 +95,7 @@ impl Graph<'_> {
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
         let flops = 2 * (rows * taps * c) as u64;
         self.forward.extend(with_flops(dw_forward(self.ctx, &xt, &map, &w, b.as_ref(), &yt, rows, c, taps)?, flops));
-        self.on_backward(move |g| {
+        self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let dw = g.params.grad(p.weight);
             let db = p.bias.map(|b| g.params.grad(b));
@@ -135,7 +135,7 @@ impl Graph<'_> {
             save_invstd: &save_invstd,
         };
         self.forward.extend(batchnorm_train_forward(self.ctx, &xt, &yt, &t, rows, c, BN_EPS, BN_MOMENTUM)?);
-        self.on_backward(move |g| {
+        self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let (dgamma, dbeta) = (g.params.grad(p.weight), g.params.grad(p.bias));
             // The data gradient always exists here (BN never sees the input image), but the
@@ -159,7 +159,7 @@ impl Graph<'_> {
         let (gamma, beta) = (self.params.tensor(weight), self.params.tensor(bias));
         let (mean, invstd) = (self.ctx.zeros(rows), self.ctx.zeros(rows));
         self.forward.extend(layernorm_forward(self.ctx, &xt, &gamma, &beta, &yt, &mean, &invstd, rows, c, eps)?);
-        self.on_backward(move |g| {
+        self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let (dgamma, dbeta) = (g.params.grad(weight), g.params.grad(bias));
             let (dx, acc) = g.grad_in(x).unwrap_or_else(|| (g.ctx.zeros(rows * c), false));
@@ -176,7 +176,7 @@ impl Graph<'_> {
         let y = self.push_var(self.set_of(x), c, true);
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
         self.forward.extend(activation_forward(self.ctx, act, &xt, &yt, n)?);
-        self.on_backward(move |g| {
+        self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             if let Some((dx, acc)) = g.grad_in(x) {
                 g.backward.extend(activation_backward(g.ctx, act, &xt, &dy, &dx, n, acc)?);
@@ -194,7 +194,7 @@ impl Graph<'_> {
         let y = self.push_var(self.set_of(a), c, true);
         let (at, bt, yt) = (self.tensor(a).clone(), self.tensor(b).clone(), self.tensor(y).clone());
         self.forward.extend(add(self.ctx, &at, &bt, &yt, n)?);
-        self.on_backward(move |g| {
+        self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             for v in [a, b] {
                 if let Some((dx, acc)) = g.grad_in(v) {
@@ -214,7 +214,7 @@ impl Graph<'_> {
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
         let gt = self.params.tensor(gamma);
         self.forward.extend(channel_scale_forward(self.ctx, &xt, &gt, &yt, rows, c)?);
-        self.on_backward(move |g| {
+        self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let dgamma = g.params.grad(gamma);
             let (dx, acc) = g.grad_in(x).unwrap_or_else(|| (g.ctx.zeros(rows * c), false));
@@ -233,7 +233,7 @@ impl Graph<'_> {
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
         let argmax = self.ctx.zeros(rows_out * c);
         self.forward.extend(maxpool_forward(self.ctx, &xt, &map, &yt, &argmax, rows_out, c, taps)?);
-        self.on_backward(move |g| {
+        self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             if let Some((dx, acc)) = g.grad_in(x) {
                 g.backward.extend(maxpool_backward(g.ctx, &dy, &inv, &argmax, &dx, rows_in, c, taps, acc)?);
@@ -257,7 +257,7 @@ impl Graph<'_> {
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
         let tok = self.params.tensor(token);
         self.forward.extend(scatter_rows(self.ctx, &xt, &row_of, &tok, &yt, sites, c)?);
-        self.on_backward(move |g| {
+        self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let dtok = g.params.grad(token);
             let (dx, acc) = g.grad_in(x).unwrap_or_else(|| (g.ctx.zeros(rows * c), false));
