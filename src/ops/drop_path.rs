@@ -40,7 +40,7 @@ fn launch(
 ) -> Result<Vec<Dispatch>> {
     let n = rows * c;
     ensure!(rows_per_image > 0, "{op}: rows_per_image is 0");
-    ensure!(rows % rows_per_image == 0, "{op}: {rows} rows are not a whole number of images of {rows_per_image} rows");
+    ensure!(rows.is_multiple_of(rows_per_image), "{op}: {rows} rows are not a whole number of images of {rows_per_image} rows");
     let batch = rows / rows_per_image;
     ensure!(a.len >= n, "{op}: input holds {} elements, {n} needed", a.len);
     ensure!(out.len >= n, "{op}: output holds {} elements, {n} needed", out.len);
