@@ -6,6 +6,7 @@ pub mod batchnorm;
 pub mod conv;
 pub mod densify;
 pub mod depthwise;
+pub mod drop_path;
 pub mod elementwise;
 pub mod fill;
 pub mod layernorm;
