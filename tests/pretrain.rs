@@ -33,6 +33,7 @@ fn tiny_cfg(data: Option<PathBuf>, max_steps: usize) -> PretrainConfig {
         workers: 2,
         init_weights: None,
         save_every: None,
+        drop_path: 0.1,
     }
 }
 

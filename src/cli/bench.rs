@@ -75,7 +75,11 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs) -> Result<()> {
     cfg.validate()?;
     let lamb = LambConfig { beta1: 0.9, beta2: encoder.default_beta2() as f32, eps: 1e-6, max_grad_norm: 5.0 };
     let t_build = Instant::now();
-    let opts = BuildOptions { dense_encoder: a.dense_encoder };
+    let opts = BuildOptions {
+        dense_encoder: a.dense_encoder,
+        drop_path_rate: crate::ops::drop_path::official_drop_path_rate(&a.model),
+        seed: 0,
+    };
     let mut model = SparkModel::build_full(&ctx, cfg.clone(), a.batch, Some(lamb), cfg.visible_per_image(), opts)?;
     let build_s = t_build.elapsed().as_secs_f64();
     let f = cfg.grid();

@@ -44,6 +44,10 @@ pub struct PretrainArgs {
     /// LAMB β2 (default: 0.95 for ResNet, 0.999 for ConvNeXt, as the official recipe).
     #[arg(long)]
     pub beta2: Option<f64>,
+    /// Stochastic depth rate of the encoder (default: the official rate of the model,
+    /// e.g. 0.05 for resnet50, 0.2 for convnext_small).
+    #[arg(long)]
+    pub drop_path: Option<f64>,
     /// Start from weights: an official SparK .pth (with decoder), an encoder-only timm-style
     /// .pth, or a spark-wgpu checkpoint/export.
     #[arg(long)]
@@ -111,6 +115,7 @@ pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
                 workers: a.workers,
                 init_weights: a.init_weights.clone(),
                 save_every: a.save_every,
+                drop_path: a.drop_path.unwrap_or_else(|| crate::ops::drop_path::official_drop_path_rate(&a.model)),
             };
             let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", a.model)));
             if dir.join(crate::train::CHECKPOINT_FILE).exists() {

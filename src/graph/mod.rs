@@ -79,6 +79,8 @@ pub struct Graph<'c> {
     pub backward: Vec<Dispatch>,
     /// Dead gradient buffers available for reuse while the backward is recorded.
     grad_pool: Vec<GpuTensor>,
+    /// Per-image scale tensors of the drop-path nodes and their rates, in layer order.
+    drop_paths: Vec<(GpuTensor, f64)>,
     /// BatchNorm counters incremented by each training forward.
     bn_counters: Vec<ParamId>,
     /// Compute every "sparse" stage densely (every site), as the official code does
@@ -111,6 +113,7 @@ impl<'c> Graph<'c> {
             tape: vec![],
             backward: vec![],
             grad_pool: vec![],
+            drop_paths: vec![],
             bn_counters: vec![],
             dense_encoder: false,
         }
@@ -330,6 +333,15 @@ impl<'c> Graph<'c> {
             }
         }
         Ok(start)
+    }
+
+    /// Draw the drop-path masks of training step `step` (reproducible from the seed, so a
+    /// resumed run draws the same ones).
+    pub fn set_drop_path_step(&self, seed: u64, step: u64) {
+        for (layer, (scale, p)) in self.drop_paths.iter().enumerate() {
+            let s = crate::ops::drop_path::drop_path_scales(seed, step, layer as u64, self.batch, *p);
+            self.ctx.write(scale, &s);
+        }
     }
 
     /// Count one training forward on every BatchNorm's `num_batches_tracked`.

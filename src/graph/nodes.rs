@@ -8,6 +8,7 @@ use crate::ops::batchnorm::{BnTensors, batchnorm_backward, batchnorm_eval_forwar
 use crate::ops::conv::{ConvShape, WeightLayout, conv_data_grad, conv_forward, conv_weight_grad};
 use crate::ops::densify::{scatter_rows, scatter_rows_backward};
 use crate::ops::depthwise::{dw_data_grad, dw_forward, dw_weight_grad};
+use crate::ops::drop_path::{drop_path_backward, drop_path_forward};
 use crate::ops::elementwise::{add, channel_scale_backward, channel_scale_forward, copy_or_add};
 use crate::ops::layernorm::{layernorm_backward, layernorm_forward};
 use crate::ops::maxpool::{maxpool_backward, maxpool_forward};
@@ -262,6 +263,31 @@ impl Graph<'_> {
             let dtok = g.params.grad(token);
             let (dx, acc) = g.grad_in(x).unwrap_or_else(|| (g.ctx.zeros(rows * c), false));
             g.backward.extend(scatter_rows_backward(g.ctx, &dy, &row_of, &site_of_row, &dx, &dtok, sites, rows, c, acc)?);
+            Ok(())
+        });
+        Ok(y)
+    }
+
+    /// Stochastic depth on a residual branch: each image's rows scaled by 0 or 1/(1−p).
+    /// Identity (no node) in evaluation graphs and at p = 0. The per-image scales are
+    /// written each step by `set_drop_path_step`.
+    pub fn drop_path(&mut self, x: Var, p: f64) -> Result<Var> {
+        if !self.train || p <= 0.0 {
+            return Ok(x);
+        }
+        let c = self.channels(x);
+        let rows = self.rows(x);
+        let rows_per_image = rows / self.batch;
+        let y = self.push_var(self.set_of(x), c, true);
+        let scale = self.ctx.upload(&vec![1f32; self.batch]);
+        self.drop_paths.push((scale.clone(), p));
+        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
+        self.forward.extend(drop_path_forward(self.ctx, &xt, &scale, &yt, rows, c, rows_per_image)?);
+        self.on_backward(y, move |g| {
+            let Some(dy) = g.grad_out(y) else { return Ok(()) };
+            if let Some((dx, acc)) = g.grad_in(x) {
+                g.backward.extend(drop_path_backward(g.ctx, &dy, &scale, &dx, rows, c, rows_per_image, acc)?);
+            }
             Ok(())
         });
         Ok(y)

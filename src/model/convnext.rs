@@ -32,6 +32,7 @@ struct Block {
     pwconv1: ConvIds,
     pwconv2: ConvIds,
     gamma: ParamId,
+    drop_path: f64,
 }
 
 pub struct ConvNeXt {
@@ -42,7 +43,10 @@ pub struct ConvNeXt {
 }
 
 impl ConvNeXt {
-    pub fn declare(reg: &mut ParamRegistry, depths: &[usize], dims: &[usize]) -> Self {
+    /// `drop_path_rate`: the network's rate, spread linearly over the blocks (official).
+    pub fn declare(reg: &mut ParamRegistry, depths: &[usize], dims: &[usize], drop_path_rate: f64) -> Self {
+        let rates = crate::ops::drop_path::block_rates(drop_path_rate, depths, true);
+        let mut block_index = 0;
         let stem = (
             declare_conv(reg, &format!("{PREFIX}.downsample_layers.0.0"), 3, dims[0], 4, true, false),
             declare_ln(reg, &format!("{PREFIX}.downsample_layers.0.1"), dims[0]),
@@ -70,6 +74,10 @@ impl ConvNeXt {
                         pwconv1: declare_linear(reg, &format!("{p}.pwconv1"), d, 4 * d),
                         pwconv2: declare_linear(reg, &format!("{p}.pwconv2"), 4 * d, d),
                         gamma: reg.trainable(format!("{p}.gamma"), &[d]),
+                        drop_path: {
+                            block_index += 1;
+                            rates[block_index - 1]
+                        },
                     }
                 })
                 .collect();
@@ -109,7 +117,7 @@ impl ConvNeXt {
         h = g.activation(h, Activation::Gelu)?;
         h = g.conv(h, set, b.pwconv2, d, pointwise, false)?;
         h = g.channel_scale(h, b.gamma)?;
-        // Drop path is the identity at rate 0 (the parity cases and the default here).
+        let h = g.drop_path(h, b.drop_path)?;
         g.add(x, h)
     }
 }

@@ -22,6 +22,8 @@ struct Block {
     /// (conv, bn) pairs in order: 2 for BasicBlock, 3 for Bottleneck.
     convs: Vec<(ConvIds, BnIds, usize /*k*/, usize /*cout*/)>,
     downsample: Option<(ConvIds, BnIds)>,
+    /// Stochastic depth rate of this block's residual branch.
+    drop_path: f64,
 }
 
 pub struct ResNet {
@@ -31,7 +33,10 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    pub fn declare(reg: &mut ParamRegistry, bottleneck: bool, layers: &[usize], channels: &[usize]) -> Self {
+    /// `drop_path_rate`: the network's rate, spread over the blocks as timm does.
+    pub fn declare(reg: &mut ParamRegistry, bottleneck: bool, layers: &[usize], channels: &[usize], drop_path_rate: f64) -> Self {
+        let rates = crate::ops::drop_path::block_rates(drop_path_rate, layers, false);
+        let mut block_index = 0;
         let conv1 = declare_conv(reg, &format!("{PREFIX}.conv1"), 3, STEM_WIDTH, 7, false, false);
         let bn1 = declare_bn(reg, &format!("{PREFIX}.bn1"), STEM_WIDTH);
         let expansion = if bottleneck { 4 } else { 1 };
@@ -60,7 +65,8 @@ impl ResNet {
                         declare_bn(reg, &format!("{p}.downsample.1"), cout),
                     )
                 });
-                blocks.push(Block { stride, cout, convs, downsample });
+                blocks.push(Block { stride, cout, convs, downsample, drop_path: rates[block_index] });
+                block_index += 1;
                 inplanes = cout;
             }
             stages.push(blocks);
@@ -115,6 +121,7 @@ impl ResNet {
             }
             None => x,
         };
+        let h = g.drop_path(h, b.drop_path)?;
         let y = g.add(h, shortcut)?;
         g.activation(y, Activation::Relu)
     }

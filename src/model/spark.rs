@@ -57,6 +57,7 @@ pub struct SparkModel<'c> {
     pub encoder_forward: usize,
     /// `graph.backward[encoder_backward..]` is the encoder's backward.
     pub encoder_backward: usize,
+    drop_path_seed: u64,
 }
 
 /// Build options beyond the configuration.
@@ -64,14 +65,18 @@ pub struct SparkModel<'c> {
 pub struct BuildOptions {
     /// Compute the encoder densely (every site), for speed comparisons (`bench --dense-encoder`).
     pub dense_encoder: bool,
+    /// Stochastic depth rate of the encoder (0: none, as in the parity cases).
+    pub drop_path_rate: f64,
+    /// Seed of the drop-path draws.
+    pub seed: u64,
 }
 
-fn declare(reg: &mut ParamRegistry, cfg: &SparkConfig) -> (Encoder, Vec<Densify>, LightDecoder) {
+fn declare(reg: &mut ParamRegistry, cfg: &SparkConfig, drop_path_rate: f64) -> (Encoder, Vec<Densify>, LightDecoder) {
     let encoder = match &cfg.encoder {
         EncoderConfig::Resnet { bottleneck, layers, channels } => {
-            Encoder::Resnet(ResNet::declare(reg, *bottleneck, layers, channels))
+            Encoder::Resnet(ResNet::declare(reg, *bottleneck, layers, channels, drop_path_rate))
         }
-        EncoderConfig::Convnext { depths, dims } => Encoder::Convnext(ConvNeXt::declare(reg, depths, dims)),
+        EncoderConfig::Convnext { depths, dims } => Encoder::Convnext(ConvNeXt::declare(reg, depths, dims, drop_path_rate)),
     };
     let decoder = LightDecoder::declare(reg, cfg.dec_width);
     let widths = cfg.encoder.feature_widths();
@@ -102,7 +107,7 @@ fn declare(reg: &mut ParamRegistry, cfg: &SparkConfig) -> (Encoder, Vec<Densify>
 /// The parameter layout of a configuration (names, shapes, kinds) without a GPU.
 pub fn parameter_specs(cfg: &SparkConfig) -> Vec<crate::graph::ParamSpec> {
     let mut reg = ParamRegistry::default();
-    declare(&mut reg, cfg);
+    declare(&mut reg, cfg, 0.0);
     reg.specs
 }
 
@@ -138,7 +143,7 @@ impl<'c> SparkModel<'c> {
         anyhow::ensure!(visible_per_image >= 1, "every image must keep at least one visible patch");
         let train = optimizer.is_some();
         let mut reg = ParamRegistry::default();
-        let (encoder, densify, decoder) = declare(&mut reg, &cfg);
+        let (encoder, densify, decoder) = declare(&mut reg, &cfg, options.drop_path_rate);
         let store = ParamStore::allocate(ctx, reg);
         let f = cfg.grid();
         let mut g = Graph::new(ctx, store, batch, f, f, visible_per_image, train);
@@ -218,6 +223,7 @@ impl<'c> SparkModel<'c> {
             mask: None,
             encoder_forward,
             encoder_backward,
+            drop_path_seed: options.seed,
         })
     }
 
@@ -283,6 +289,7 @@ impl<'c> SparkModel<'c> {
 
     /// One whole training step: forward, backward, LAMB.
     pub fn train_step(&mut self, step: u32, lr: f32, weight_decay: f32) -> Result<()> {
+        self.graph.set_drop_path_step(self.drop_path_seed, step as u64);
         self.submit_forward_backward();
         self.submit_optimizer(step, lr, weight_decay)
     }

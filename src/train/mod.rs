@@ -42,6 +42,9 @@ pub struct PretrainConfig {
     pub workers: usize,
     pub init_weights: Option<PathBuf>,
     pub save_every: Option<usize>,
+    /// Stochastic depth rate of the encoder (official per-model default).
+    #[serde(default)]
+    pub drop_path: f64,
 }
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -115,7 +118,9 @@ pub fn pretrain(
     let warmup_it = (cfg.warmup_epochs * spe as f64).round() as usize;
     let peak = peak_lr(cfg.base_lr, cfg.batch);
 
-    let mut model = SparkModel::build(ctx, cfg.spark.clone(), cfg.batch, Some(cfg.lamb()))?;
+    let options = crate::model::spark::BuildOptions { dense_encoder: false, drop_path_rate: cfg.drop_path, seed: cfg.seed };
+    let visible = cfg.spark.visible_per_image();
+    let mut model = SparkModel::build_full(ctx, cfg.spark.clone(), cfg.batch, Some(cfg.lamb()), visible, options)?;
     let ckpt_path = run_dir.join(CHECKPOINT_FILE);
     let mut start = 0usize;
     if resume {
