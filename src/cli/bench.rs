@@ -20,7 +20,7 @@ pub struct BenchArgs {
     pub input_size: usize,
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Timed steps (after the warm-up step).
+    /// Timed steps (after the warm-up steps); 0 with --warmup 0 times only the encoder.
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
     #[arg(long, default_value_t = 1)]
@@ -110,6 +110,11 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs) -> Result<()> {
             step_ms.push(ms);
         }
     }
+    if a.warmup + a.steps == 0 {
+        // Encoder-only timing still needs a mask and its maps.
+        let mask = random_patch_mask(100, a.batch, f, f, visible_ratio);
+        model.set_batch(&images, &mask)?;
+    }
     let step = median(step_ms);
     let enc: Vec<&Dispatch> = model.graph.forward[..model.encoder_forward]
         .iter()
@@ -168,8 +173,8 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs) -> Result<()> {
             "input_size": s,
             "batch": a.batch,
             "dec_width": a.dec_width,
-            "step_ms": step,
-            "images_per_s": a.batch as f64 / step * 1e3,
+            "step_ms": step.is_finite().then_some(step),
+            "images_per_s": step.is_finite().then(|| a.batch as f64 / step * 1e3),
             "encoder_ms": encoder_ms,
             "gpu_memory_bytes": model.graph.gpu_memory_bytes(),
             "dispatches": model.dispatch_count(),
