@@ -75,6 +75,38 @@ fn put16(base: u32, kk0: u32, n0: u32, m: mat4x4<f32>) {
     }
 }
 
+// dy[r, n0..n0+3] (row offset g); channels past the end are not loaded (zero).
+fn dy4(g: u32, n0: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (n0 < p.n) { v.x = dy[g + n0]; }
+    if (n0 + 1u < p.n) { v.y = dy[g + n0 + 1u]; }
+    if (n0 + 2u < p.n) { v.z = dy[g + n0 + 2u]; }
+    if (n0 + 3u < p.n) { v.w = dy[g + n0 + 3u]; }
+    return v;
+}
+
+// Map entries of k' = kk0..kk0+3 (taps tp) of the row at map offset mr: a tap shared
+// with the previous k' is loaded once (cin < 4), k' past the end read as empty (-1).
+fn maps4(mr: u32, kk0: u32, tp: vec4<u32>) -> vec4<i32> {
+    let kmax = p.taps * p.kin;
+    var m = vec4<i32>(-1);
+    if (kk0 < kmax) { m.x = map[mr + tp.x]; }
+    if (kk0 + 1u < kmax) { if (tp.y == tp.x) { m.y = m.x; } else { m.y = map[mr + tp.y]; } }
+    if (kk0 + 2u < kmax) { if (tp.z == tp.y) { m.z = m.y; } else { m.z = map[mr + tp.z]; } }
+    if (kk0 + 3u < kmax) { if (tp.w == tp.z) { m.w = m.z; } else { m.w = map[mr + tp.w]; } }
+    return m;
+}
+
+// Inputs at map entries m, channels ci: empty entries are not loaded (zero).
+fn xs4(m: vec4<i32>, ci: vec4<u32>) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (m.x >= 0) { v.x = x[u32(m.x) * p.kin + ci.x]; }
+    if (m.y >= 0) { v.y = x[u32(m.y) * p.kin + ci.y]; }
+    if (m.z >= 0) { v.z = x[u32(m.z) * p.kin + ci.z]; }
+    if (m.w >= 0) { v.w = x[u32(m.w) * p.kin + ci.w]; }
+    return v;
+}
+
 fn put_bias(s: u32, n0: u32, b: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) {
         if (n0 + j < p.n) { bias_partials[s * p.n + n0 + j] = b[j]; }
@@ -87,16 +119,14 @@ fn run_k1n1(id: u32) {
     let c = coords(tid);
     let s = c.x; let kt = c.y; let nt = c.z;
     let kmax = p.taps * p.kin - 1u;
-    // k' and channels past the end read the last one; their sums are never stored
+    // k' past the end take the last tap; their sums are never stored
     let kk0 = min(vec4<u32>(0u, 1u, 2u, 3u) + (kt * 4u + 0u), vec4<u32>(kmax));
     let tp0 = kk0 / p.kin; let ci0 = kk0 % p.kin;
-    let nc0 = min(vec4<u32>(0u, 1u, 2u, 3u) + (nt * 4u + 0u), vec4<u32>(p.n - 1u));
     var a0_0 = mat4x4<f32>();
     var b0 = vec4<f32>(0.0);
     let bias_thread = p.has_bias != 0u && kt == 0u;
     let r_begin = s * p.rows_per_split;
     let r_end = min(r_begin + p.rows_per_split, p.rows);
-    let zero = vec4<f32>(0.0);
     let zi = vec4<i32>(0);
     if (p.aligned != 0u) {
         for (var r = r_begin; r < r_end; r++) {
@@ -105,7 +135,7 @@ fn run_k1n1(id: u32) {
             let m0 = map[mr + tp0.x];
             let v0 = m0 >= 0;
             if (bias_thread || v0) {
-                let g0 = vec4<f32>(dy[g + nc0.x], dy[g + nc0.y], dy[g + nc0.z], dy[g + nc0.w]);
+                let g0 = dy4(g, nt * 4u + 0u);
                 b0 += g0;
                 if (v0) {
                     let xb = u32(m0) * p.kin;
@@ -118,14 +148,13 @@ fn run_k1n1(id: u32) {
         for (var r = r_begin; r < r_end; r++) {
             let mr = r * p.taps;
             let g = r * p.n;
-            let m0 = vec4<i32>(map[mr + tp0.x], map[mr + tp0.y], map[mr + tp0.z], map[mr + tp0.w]);
+            let m0 = maps4(mr, kt * 4u + 0u, tp0);
             let v0 = any(m0 >= zi);
             if (bias_thread || v0) {
-                let g0 = vec4<f32>(dy[g + nc0.x], dy[g + nc0.y], dy[g + nc0.z], dy[g + nc0.w]);
+                let g0 = dy4(g, nt * 4u + 0u);
                 b0 += g0;
                 if (v0) {
-                    let xb = vec4<u32>(max(m0, zi)) * p.kin + ci0;
-                    let x0 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m0 >= zi);
+                    let x0 = xs4(m0, ci0);
                     a0_0 += outer(x0, g0);
                 }
             }
@@ -156,17 +185,14 @@ fn run_k1n2(id: u32) {
     let c = coords(tid);
     let s = c.x; let kt = c.y; let nt = c.z;
     let kmax = p.taps * p.kin - 1u;
-    // k' and channels past the end read the last one; their sums are never stored
+    // k' past the end take the last tap; their sums are never stored
     let kk0 = min(vec4<u32>(0u, 1u, 2u, 3u) + (kt * 4u + 0u), vec4<u32>(kmax));
     let tp0 = kk0 / p.kin; let ci0 = kk0 % p.kin;
-    let nc0 = min(vec4<u32>(0u, 1u, 2u, 3u) + (nt * 8u + 0u), vec4<u32>(p.n - 1u));
-    let nc1 = min(vec4<u32>(0u, 1u, 2u, 3u) + (nt * 8u + 4u), vec4<u32>(p.n - 1u));
     var a0_0 = mat4x4<f32>(); var a0_1 = mat4x4<f32>();
     var b0 = vec4<f32>(0.0); var b1 = vec4<f32>(0.0);
     let bias_thread = p.has_bias != 0u && kt == 0u;
     let r_begin = s * p.rows_per_split;
     let r_end = min(r_begin + p.rows_per_split, p.rows);
-    let zero = vec4<f32>(0.0);
     let zi = vec4<i32>(0);
     if (p.aligned != 0u) {
         for (var r = r_begin; r < r_end; r++) {
@@ -175,9 +201,9 @@ fn run_k1n2(id: u32) {
             let m0 = map[mr + tp0.x];
             let v0 = m0 >= 0;
             if (bias_thread || v0) {
-                let g0 = vec4<f32>(dy[g + nc0.x], dy[g + nc0.y], dy[g + nc0.z], dy[g + nc0.w]);
+                let g0 = dy4(g, nt * 8u + 0u);
                 b0 += g0;
-                let g1 = vec4<f32>(dy[g + nc1.x], dy[g + nc1.y], dy[g + nc1.z], dy[g + nc1.w]);
+                let g1 = dy4(g, nt * 8u + 4u);
                 b1 += g1;
                 if (v0) {
                     let xb = u32(m0) * p.kin;
@@ -190,16 +216,15 @@ fn run_k1n2(id: u32) {
         for (var r = r_begin; r < r_end; r++) {
             let mr = r * p.taps;
             let g = r * p.n;
-            let m0 = vec4<i32>(map[mr + tp0.x], map[mr + tp0.y], map[mr + tp0.z], map[mr + tp0.w]);
+            let m0 = maps4(mr, kt * 4u + 0u, tp0);
             let v0 = any(m0 >= zi);
             if (bias_thread || v0) {
-                let g0 = vec4<f32>(dy[g + nc0.x], dy[g + nc0.y], dy[g + nc0.z], dy[g + nc0.w]);
+                let g0 = dy4(g, nt * 8u + 0u);
                 b0 += g0;
-                let g1 = vec4<f32>(dy[g + nc1.x], dy[g + nc1.y], dy[g + nc1.z], dy[g + nc1.w]);
+                let g1 = dy4(g, nt * 8u + 4u);
                 b1 += g1;
                 if (v0) {
-                    let xb = vec4<u32>(max(m0, zi)) * p.kin + ci0;
-                    let x0 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m0 >= zi);
+                    let x0 = xs4(m0, ci0);
                     a0_0 += outer(x0, g0); a0_1 += outer(x0, g1);
                 }
             }
@@ -232,7 +257,7 @@ fn run_k4n1(id: u32) {
     let c = coords(tid);
     let s = c.x; let kt = c.y; let nt = c.z;
     let kmax = p.taps * p.kin - 1u;
-    // k' and channels past the end read the last one; their sums are never stored
+    // k' past the end take the last tap; their sums are never stored
     let kk0 = min(vec4<u32>(0u, 1u, 2u, 3u) + (kt * 16u + 0u), vec4<u32>(kmax));
     let tp0 = kk0 / p.kin; let ci0 = kk0 % p.kin;
     let kk1 = min(vec4<u32>(0u, 1u, 2u, 3u) + (kt * 16u + 4u), vec4<u32>(kmax));
@@ -241,7 +266,6 @@ fn run_k4n1(id: u32) {
     let tp2 = kk2 / p.kin; let ci2 = kk2 % p.kin;
     let kk3 = min(vec4<u32>(0u, 1u, 2u, 3u) + (kt * 16u + 12u), vec4<u32>(kmax));
     let tp3 = kk3 / p.kin; let ci3 = kk3 % p.kin;
-    let nc0 = min(vec4<u32>(0u, 1u, 2u, 3u) + (nt * 4u + 0u), vec4<u32>(p.n - 1u));
     var a0_0 = mat4x4<f32>();
     var a1_0 = mat4x4<f32>();
     var a2_0 = mat4x4<f32>();
@@ -250,7 +274,6 @@ fn run_k4n1(id: u32) {
     let bias_thread = p.has_bias != 0u && kt == 0u;
     let r_begin = s * p.rows_per_split;
     let r_end = min(r_begin + p.rows_per_split, p.rows);
-    let zero = vec4<f32>(0.0);
     let zi = vec4<i32>(0);
     if (p.aligned != 0u) {
         for (var r = r_begin; r < r_end; r++) {
@@ -265,7 +288,7 @@ fn run_k4n1(id: u32) {
             let m3 = map[mr + tp3.x];
             let v3 = m3 >= 0;
             if (bias_thread || v0 || v1 || v2 || v3) {
-                let g0 = vec4<f32>(dy[g + nc0.x], dy[g + nc0.y], dy[g + nc0.z], dy[g + nc0.w]);
+                let g0 = dy4(g, nt * 4u + 0u);
                 b0 += g0;
                 if (v0) {
                     let xb = u32(m0) * p.kin;
@@ -293,35 +316,31 @@ fn run_k4n1(id: u32) {
         for (var r = r_begin; r < r_end; r++) {
             let mr = r * p.taps;
             let g = r * p.n;
-            let m0 = vec4<i32>(map[mr + tp0.x], map[mr + tp0.y], map[mr + tp0.z], map[mr + tp0.w]);
+            let m0 = maps4(mr, kt * 16u + 0u, tp0);
             let v0 = any(m0 >= zi);
-            let m1 = vec4<i32>(map[mr + tp1.x], map[mr + tp1.y], map[mr + tp1.z], map[mr + tp1.w]);
+            let m1 = maps4(mr, kt * 16u + 4u, tp1);
             let v1 = any(m1 >= zi);
-            let m2 = vec4<i32>(map[mr + tp2.x], map[mr + tp2.y], map[mr + tp2.z], map[mr + tp2.w]);
+            let m2 = maps4(mr, kt * 16u + 8u, tp2);
             let v2 = any(m2 >= zi);
-            let m3 = vec4<i32>(map[mr + tp3.x], map[mr + tp3.y], map[mr + tp3.z], map[mr + tp3.w]);
+            let m3 = maps4(mr, kt * 16u + 12u, tp3);
             let v3 = any(m3 >= zi);
             if (bias_thread || v0 || v1 || v2 || v3) {
-                let g0 = vec4<f32>(dy[g + nc0.x], dy[g + nc0.y], dy[g + nc0.z], dy[g + nc0.w]);
+                let g0 = dy4(g, nt * 4u + 0u);
                 b0 += g0;
                 if (v0) {
-                    let xb = vec4<u32>(max(m0, zi)) * p.kin + ci0;
-                    let x0 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m0 >= zi);
+                    let x0 = xs4(m0, ci0);
                     a0_0 += outer(x0, g0);
                 }
                 if (v1) {
-                    let xb = vec4<u32>(max(m1, zi)) * p.kin + ci1;
-                    let x1 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m1 >= zi);
+                    let x1 = xs4(m1, ci1);
                     a1_0 += outer(x1, g0);
                 }
                 if (v2) {
-                    let xb = vec4<u32>(max(m2, zi)) * p.kin + ci2;
-                    let x2 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m2 >= zi);
+                    let x2 = xs4(m2, ci2);
                     a2_0 += outer(x2, g0);
                 }
                 if (v3) {
-                    let xb = vec4<u32>(max(m3, zi)) * p.kin + ci3;
-                    let x3 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m3 >= zi);
+                    let x3 = xs4(m3, ci3);
                     a3_0 += outer(x3, g0);
                 }
             }
@@ -355,7 +374,7 @@ fn run_k4n2(id: u32) {
     let c = coords(tid);
     let s = c.x; let kt = c.y; let nt = c.z;
     let kmax = p.taps * p.kin - 1u;
-    // k' and channels past the end read the last one; their sums are never stored
+    // k' past the end take the last tap; their sums are never stored
     let kk0 = min(vec4<u32>(0u, 1u, 2u, 3u) + (kt * 16u + 0u), vec4<u32>(kmax));
     let tp0 = kk0 / p.kin; let ci0 = kk0 % p.kin;
     let kk1 = min(vec4<u32>(0u, 1u, 2u, 3u) + (kt * 16u + 4u), vec4<u32>(kmax));
@@ -364,8 +383,6 @@ fn run_k4n2(id: u32) {
     let tp2 = kk2 / p.kin; let ci2 = kk2 % p.kin;
     let kk3 = min(vec4<u32>(0u, 1u, 2u, 3u) + (kt * 16u + 12u), vec4<u32>(kmax));
     let tp3 = kk3 / p.kin; let ci3 = kk3 % p.kin;
-    let nc0 = min(vec4<u32>(0u, 1u, 2u, 3u) + (nt * 8u + 0u), vec4<u32>(p.n - 1u));
-    let nc1 = min(vec4<u32>(0u, 1u, 2u, 3u) + (nt * 8u + 4u), vec4<u32>(p.n - 1u));
     var a0_0 = mat4x4<f32>(); var a0_1 = mat4x4<f32>();
     var a1_0 = mat4x4<f32>(); var a1_1 = mat4x4<f32>();
     var a2_0 = mat4x4<f32>(); var a2_1 = mat4x4<f32>();
@@ -374,7 +391,6 @@ fn run_k4n2(id: u32) {
     let bias_thread = p.has_bias != 0u && kt == 0u;
     let r_begin = s * p.rows_per_split;
     let r_end = min(r_begin + p.rows_per_split, p.rows);
-    let zero = vec4<f32>(0.0);
     let zi = vec4<i32>(0);
     if (p.aligned != 0u) {
         for (var r = r_begin; r < r_end; r++) {
@@ -389,9 +405,9 @@ fn run_k4n2(id: u32) {
             let m3 = map[mr + tp3.x];
             let v3 = m3 >= 0;
             if (bias_thread || v0 || v1 || v2 || v3) {
-                let g0 = vec4<f32>(dy[g + nc0.x], dy[g + nc0.y], dy[g + nc0.z], dy[g + nc0.w]);
+                let g0 = dy4(g, nt * 8u + 0u);
                 b0 += g0;
-                let g1 = vec4<f32>(dy[g + nc1.x], dy[g + nc1.y], dy[g + nc1.z], dy[g + nc1.w]);
+                let g1 = dy4(g, nt * 8u + 4u);
                 b1 += g1;
                 if (v0) {
                     let xb = u32(m0) * p.kin;
@@ -419,37 +435,33 @@ fn run_k4n2(id: u32) {
         for (var r = r_begin; r < r_end; r++) {
             let mr = r * p.taps;
             let g = r * p.n;
-            let m0 = vec4<i32>(map[mr + tp0.x], map[mr + tp0.y], map[mr + tp0.z], map[mr + tp0.w]);
+            let m0 = maps4(mr, kt * 16u + 0u, tp0);
             let v0 = any(m0 >= zi);
-            let m1 = vec4<i32>(map[mr + tp1.x], map[mr + tp1.y], map[mr + tp1.z], map[mr + tp1.w]);
+            let m1 = maps4(mr, kt * 16u + 4u, tp1);
             let v1 = any(m1 >= zi);
-            let m2 = vec4<i32>(map[mr + tp2.x], map[mr + tp2.y], map[mr + tp2.z], map[mr + tp2.w]);
+            let m2 = maps4(mr, kt * 16u + 8u, tp2);
             let v2 = any(m2 >= zi);
-            let m3 = vec4<i32>(map[mr + tp3.x], map[mr + tp3.y], map[mr + tp3.z], map[mr + tp3.w]);
+            let m3 = maps4(mr, kt * 16u + 12u, tp3);
             let v3 = any(m3 >= zi);
             if (bias_thread || v0 || v1 || v2 || v3) {
-                let g0 = vec4<f32>(dy[g + nc0.x], dy[g + nc0.y], dy[g + nc0.z], dy[g + nc0.w]);
+                let g0 = dy4(g, nt * 8u + 0u);
                 b0 += g0;
-                let g1 = vec4<f32>(dy[g + nc1.x], dy[g + nc1.y], dy[g + nc1.z], dy[g + nc1.w]);
+                let g1 = dy4(g, nt * 8u + 4u);
                 b1 += g1;
                 if (v0) {
-                    let xb = vec4<u32>(max(m0, zi)) * p.kin + ci0;
-                    let x0 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m0 >= zi);
+                    let x0 = xs4(m0, ci0);
                     a0_0 += outer(x0, g0); a0_1 += outer(x0, g1);
                 }
                 if (v1) {
-                    let xb = vec4<u32>(max(m1, zi)) * p.kin + ci1;
-                    let x1 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m1 >= zi);
+                    let x1 = xs4(m1, ci1);
                     a1_0 += outer(x1, g0); a1_1 += outer(x1, g1);
                 }
                 if (v2) {
-                    let xb = vec4<u32>(max(m2, zi)) * p.kin + ci2;
-                    let x2 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m2 >= zi);
+                    let x2 = xs4(m2, ci2);
                     a2_0 += outer(x2, g0); a2_1 += outer(x2, g1);
                 }
                 if (v3) {
-                    let xb = vec4<u32>(max(m3, zi)) * p.kin + ci3;
-                    let x3 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m3 >= zi);
+                    let x3 = xs4(m3, ci3);
                     a3_0 += outer(x3, g0); a3_1 += outer(x3, g1);
                 }
             }
@@ -488,7 +500,7 @@ fn run_k4n4(id: u32) {
     let c = coords(tid);
     let s = c.x; let kt = c.y; let nt = c.z;
     let kmax = p.taps * p.kin - 1u;
-    // k' and channels past the end read the last one; their sums are never stored
+    // k' past the end take the last tap; their sums are never stored
     let kk0 = min(vec4<u32>(0u, 1u, 2u, 3u) + (kt * 16u + 0u), vec4<u32>(kmax));
     let tp0 = kk0 / p.kin; let ci0 = kk0 % p.kin;
     let kk1 = min(vec4<u32>(0u, 1u, 2u, 3u) + (kt * 16u + 4u), vec4<u32>(kmax));
@@ -497,10 +509,6 @@ fn run_k4n4(id: u32) {
     let tp2 = kk2 / p.kin; let ci2 = kk2 % p.kin;
     let kk3 = min(vec4<u32>(0u, 1u, 2u, 3u) + (kt * 16u + 12u), vec4<u32>(kmax));
     let tp3 = kk3 / p.kin; let ci3 = kk3 % p.kin;
-    let nc0 = min(vec4<u32>(0u, 1u, 2u, 3u) + (nt * 16u + 0u), vec4<u32>(p.n - 1u));
-    let nc1 = min(vec4<u32>(0u, 1u, 2u, 3u) + (nt * 16u + 4u), vec4<u32>(p.n - 1u));
-    let nc2 = min(vec4<u32>(0u, 1u, 2u, 3u) + (nt * 16u + 8u), vec4<u32>(p.n - 1u));
-    let nc3 = min(vec4<u32>(0u, 1u, 2u, 3u) + (nt * 16u + 12u), vec4<u32>(p.n - 1u));
     var a0_0 = mat4x4<f32>(); var a0_1 = mat4x4<f32>(); var a0_2 = mat4x4<f32>(); var a0_3 = mat4x4<f32>();
     var a1_0 = mat4x4<f32>(); var a1_1 = mat4x4<f32>(); var a1_2 = mat4x4<f32>(); var a1_3 = mat4x4<f32>();
     var a2_0 = mat4x4<f32>(); var a2_1 = mat4x4<f32>(); var a2_2 = mat4x4<f32>(); var a2_3 = mat4x4<f32>();
@@ -509,7 +517,6 @@ fn run_k4n4(id: u32) {
     let bias_thread = p.has_bias != 0u && kt == 0u;
     let r_begin = s * p.rows_per_split;
     let r_end = min(r_begin + p.rows_per_split, p.rows);
-    let zero = vec4<f32>(0.0);
     let zi = vec4<i32>(0);
     if (p.aligned != 0u) {
         for (var r = r_begin; r < r_end; r++) {
@@ -524,13 +531,13 @@ fn run_k4n4(id: u32) {
             let m3 = map[mr + tp3.x];
             let v3 = m3 >= 0;
             if (bias_thread || v0 || v1 || v2 || v3) {
-                let g0 = vec4<f32>(dy[g + nc0.x], dy[g + nc0.y], dy[g + nc0.z], dy[g + nc0.w]);
+                let g0 = dy4(g, nt * 16u + 0u);
                 b0 += g0;
-                let g1 = vec4<f32>(dy[g + nc1.x], dy[g + nc1.y], dy[g + nc1.z], dy[g + nc1.w]);
+                let g1 = dy4(g, nt * 16u + 4u);
                 b1 += g1;
-                let g2 = vec4<f32>(dy[g + nc2.x], dy[g + nc2.y], dy[g + nc2.z], dy[g + nc2.w]);
+                let g2 = dy4(g, nt * 16u + 8u);
                 b2 += g2;
-                let g3 = vec4<f32>(dy[g + nc3.x], dy[g + nc3.y], dy[g + nc3.z], dy[g + nc3.w]);
+                let g3 = dy4(g, nt * 16u + 12u);
                 b3 += g3;
                 if (v0) {
                     let xb = u32(m0) * p.kin;
@@ -558,41 +565,37 @@ fn run_k4n4(id: u32) {
         for (var r = r_begin; r < r_end; r++) {
             let mr = r * p.taps;
             let g = r * p.n;
-            let m0 = vec4<i32>(map[mr + tp0.x], map[mr + tp0.y], map[mr + tp0.z], map[mr + tp0.w]);
+            let m0 = maps4(mr, kt * 16u + 0u, tp0);
             let v0 = any(m0 >= zi);
-            let m1 = vec4<i32>(map[mr + tp1.x], map[mr + tp1.y], map[mr + tp1.z], map[mr + tp1.w]);
+            let m1 = maps4(mr, kt * 16u + 4u, tp1);
             let v1 = any(m1 >= zi);
-            let m2 = vec4<i32>(map[mr + tp2.x], map[mr + tp2.y], map[mr + tp2.z], map[mr + tp2.w]);
+            let m2 = maps4(mr, kt * 16u + 8u, tp2);
             let v2 = any(m2 >= zi);
-            let m3 = vec4<i32>(map[mr + tp3.x], map[mr + tp3.y], map[mr + tp3.z], map[mr + tp3.w]);
+            let m3 = maps4(mr, kt * 16u + 12u, tp3);
             let v3 = any(m3 >= zi);
             if (bias_thread || v0 || v1 || v2 || v3) {
-                let g0 = vec4<f32>(dy[g + nc0.x], dy[g + nc0.y], dy[g + nc0.z], dy[g + nc0.w]);
+                let g0 = dy4(g, nt * 16u + 0u);
                 b0 += g0;
-                let g1 = vec4<f32>(dy[g + nc1.x], dy[g + nc1.y], dy[g + nc1.z], dy[g + nc1.w]);
+                let g1 = dy4(g, nt * 16u + 4u);
                 b1 += g1;
-                let g2 = vec4<f32>(dy[g + nc2.x], dy[g + nc2.y], dy[g + nc2.z], dy[g + nc2.w]);
+                let g2 = dy4(g, nt * 16u + 8u);
                 b2 += g2;
-                let g3 = vec4<f32>(dy[g + nc3.x], dy[g + nc3.y], dy[g + nc3.z], dy[g + nc3.w]);
+                let g3 = dy4(g, nt * 16u + 12u);
                 b3 += g3;
                 if (v0) {
-                    let xb = vec4<u32>(max(m0, zi)) * p.kin + ci0;
-                    let x0 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m0 >= zi);
+                    let x0 = xs4(m0, ci0);
                     a0_0 += outer(x0, g0); a0_1 += outer(x0, g1); a0_2 += outer(x0, g2); a0_3 += outer(x0, g3);
                 }
                 if (v1) {
-                    let xb = vec4<u32>(max(m1, zi)) * p.kin + ci1;
-                    let x1 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m1 >= zi);
+                    let x1 = xs4(m1, ci1);
                     a1_0 += outer(x1, g0); a1_1 += outer(x1, g1); a1_2 += outer(x1, g2); a1_3 += outer(x1, g3);
                 }
                 if (v2) {
-                    let xb = vec4<u32>(max(m2, zi)) * p.kin + ci2;
-                    let x2 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m2 >= zi);
+                    let x2 = xs4(m2, ci2);
                     a2_0 += outer(x2, g0); a2_1 += outer(x2, g1); a2_2 += outer(x2, g2); a2_3 += outer(x2, g3);
                 }
                 if (v3) {
-                    let xb = vec4<u32>(max(m3, zi)) * p.kin + ci3;
-                    let x3 = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m3 >= zi);
+                    let x3 = xs4(m3, ci3);
                     a3_0 += outer(x3, g0); a3_1 += outer(x3, g1); a3_2 += outer(x3, g2); a3_3 += outer(x3, g3);
                 }
             }

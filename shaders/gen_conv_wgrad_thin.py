@@ -87,6 +87,38 @@ fn put16(base: u32, kk0: u32, n0: u32, m: mat4x4<f32>) {
     }
 }
 
+// dy[r, n0..n0+3] (row offset g); channels past the end are not loaded (zero).
+fn dy4(g: u32, n0: u32) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (n0 < p.n) { v.x = dy[g + n0]; }
+    if (n0 + 1u < p.n) { v.y = dy[g + n0 + 1u]; }
+    if (n0 + 2u < p.n) { v.z = dy[g + n0 + 2u]; }
+    if (n0 + 3u < p.n) { v.w = dy[g + n0 + 3u]; }
+    return v;
+}
+
+// Map entries of k' = kk0..kk0+3 (taps tp) of the row at map offset mr: a tap shared
+// with the previous k' is loaded once (cin < 4), k' past the end read as empty (-1).
+fn maps4(mr: u32, kk0: u32, tp: vec4<u32>) -> vec4<i32> {
+    let kmax = p.taps * p.kin;
+    var m = vec4<i32>(-1);
+    if (kk0 < kmax) { m.x = map[mr + tp.x]; }
+    if (kk0 + 1u < kmax) { if (tp.y == tp.x) { m.y = m.x; } else { m.y = map[mr + tp.y]; } }
+    if (kk0 + 2u < kmax) { if (tp.z == tp.y) { m.z = m.y; } else { m.z = map[mr + tp.z]; } }
+    if (kk0 + 3u < kmax) { if (tp.w == tp.z) { m.w = m.z; } else { m.w = map[mr + tp.w]; } }
+    return m;
+}
+
+// Inputs at map entries m, channels ci: empty entries are not loaded (zero).
+fn xs4(m: vec4<i32>, ci: vec4<u32>) -> vec4<f32> {
+    var v = vec4<f32>(0.0);
+    if (m.x >= 0) { v.x = x[u32(m.x) * p.kin + ci.x]; }
+    if (m.y >= 0) { v.y = x[u32(m.y) * p.kin + ci.y]; }
+    if (m.z >= 0) { v.z = x[u32(m.z) * p.kin + ci.z]; }
+    if (m.w >= 0) { v.w = x[u32(m.w) * p.kin + ci.w]; }
+    return v;
+}
+
 fn put_bias(s: u32, n0: u32, b: vec4<f32>) {
     for (var j = 0u; j < 4u; j++) {
         if (n0 + j < p.n) { bias_partials[s * p.n + n0 + j] = b[j]; }
@@ -104,19 +136,16 @@ def tile(kg, ng):
     a("    let c = coords(tid);")
     a("    let s = c.x; let kt = c.y; let nt = c.z;")
     a("    let kmax = p.taps * p.kin - 1u;")
-    a("    // k' and channels past the end read the last one; their sums are never stored")
+    a("    // k' past the end take the last tap; their sums are never stored")
     for i in ks:
         a(f"    let kk{i} = min(vec4<u32>(0u, 1u, 2u, 3u) + (kt * {4 * kg}u + {4 * i}u), vec4<u32>(kmax));")
         a(f"    let tp{i} = kk{i} / p.kin; let ci{i} = kk{i} % p.kin;")
-    for j in ns:
-        a(f"    let nc{j} = min(vec4<u32>(0u, 1u, 2u, 3u) + (nt * {4 * ng}u + {4 * j}u), vec4<u32>(p.n - 1u));")
     for i in ks:
         a("    " + " ".join(f"var a{i}_{j} = mat4x4<f32>();" for j in ns))
     a("    " + " ".join(f"var b{j} = vec4<f32>(0.0);" for j in ns))
     a("    let bias_thread = p.has_bias != 0u && kt == 0u;")
     a("    let r_begin = s * p.rows_per_split;")
     a("    let r_end = min(r_begin + p.rows_per_split, p.rows);")
-    a("    let zero = vec4<f32>(0.0);")
     a("    let zi = vec4<i32>(0);")
     for aligned in (True, False):
         a("    if (p.aligned != 0u) {" if aligned else "    } else {")
@@ -128,12 +157,12 @@ def tile(kg, ng):
                 a(f"            let m{i} = map[mr + tp{i}.x];")
                 a(f"            let v{i} = m{i} >= 0;")
             else:
-                a(f"            let m{i} = vec4<i32>(map[mr + tp{i}.x], map[mr + tp{i}.y], map[mr + tp{i}.z], map[mr + tp{i}.w]);")
+                a(f"            let m{i} = maps4(mr, kt * {4 * kg}u + {4 * i}u, tp{i});")
                 a(f"            let v{i} = any(m{i} >= zi);")
         anyv = " || ".join(f"v{i}" for i in ks)
         a(f"            if (bias_thread || {anyv}) {{")
         for j in ns:
-            a(f"                let g{j} = vec4<f32>(dy[g + nc{j}.x], dy[g + nc{j}.y], dy[g + nc{j}.z], dy[g + nc{j}.w]);")
+            a(f"                let g{j} = dy4(g, nt * {4 * ng}u + {4 * j}u);")
             a(f"                b{j} += g{j};")
         for i in ks:
             a(f"                if (v{i}) {{")
@@ -141,8 +170,7 @@ def tile(kg, ng):
                 a(f"                    let xb = u32(m{i}) * p.kin;")
                 a(f"                    let x{i} = vec4<f32>(x[xb + ci{i}.x], x[xb + ci{i}.y], x[xb + ci{i}.z], x[xb + ci{i}.w]);")
             else:
-                a(f"                    let xb = vec4<u32>(max(m{i}, zi)) * p.kin + ci{i};")
-                a(f"                    let x{i} = select(zero, vec4<f32>(x[xb.x], x[xb.y], x[xb.z], x[xb.w]), m{i} >= zi);")
+                a(f"                    let x{i} = xs4(m{i}, ci{i});")
             a("                    " + " ".join(f"a{i}_{j} += outer(x{i}, g{j});" for j in ns))
             a("                }")
         a("            }")

@@ -192,10 +192,20 @@ fn thin_layers_match_cpu() {
             }
         }
     }
+    // Many k' tiles per split: few splits of more than 128 rows, so the CPU entries round
+    // the rows per split up to a multiple of 256.
+    let geo = &geos[0];
+    for force in THIN_TILES {
+        FORCE_WGRAD.with(|f| f.set(Some(*force)));
+        check_case(&ctx, geo, &mask, 36, 13, true, false, seed, &format!("{} (36->13, {force:?})", geo.name));
+        seed += 10;
+    }
     FORCE_WGRAD.with(|f| f.set(None));
     let s = ConvShape { rows_in: 2883, rows_out: 2883, cin: 4, cout: 2, taps: 9 };
     assert!(is_thin(true, &s) && is_thin(false, &s), "the decoder's last stages must take the thin kernel");
     assert_eq!(thin_tile(true, &s), THIN_CPU_K4N1);
+    let s = ConvShape { rows_in: 2883, rows_out: 2883, cin: 3, cout: 64, taps: 49 };
+    assert!(!is_thin(true, &s), "the stem keeps the 32x32 CPU tile");
 }
 
 /// Weight and bias gradients (split-K partials + reduce_partials) give identical bits on
