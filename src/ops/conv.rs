@@ -8,7 +8,8 @@
 //! identity map) are the same kernel. The data gradient is the same gather over the
 //! inverse map (`sparse::inverse_map`) with the cin/cout roles of the weight swapped, so
 //! it needs no atomics; the weight gradient is a split-K GEMM over output rows followed
-//! by the fixed-order `reduce_partials`.
+//! by the fixed-order `reduce_partials` (`conv_wgrad_thin.wgsl`, see `thin`, for layers
+//! with few output channels).
 
 use anyhow::{Result, ensure};
 
@@ -247,13 +248,6 @@ pub fn conv_data_grad(
 /// has `count` elements, `threads_per_split` threads each, within the adapter's storage
 /// binding size.
 pub(crate) fn splits_for(ctx: &GpuContext, rows: usize, threads_per_split: usize, count: usize) -> (usize, usize) {
-    // A CPU adapter runs a few dozen workgroups at a time, and every extra split costs
-    // a full pass of reduce_partials: keep 2048 threads and >= 256 rows per split.
-    splits_with(ctx, rows, threads_per_split, count, (2048, 256))
-}
-
-/// `splits_for` with the CPU policy `(threads, minimum rows per split)` given.
-pub(crate) fn splits_with(ctx: &GpuContext, rows: usize, threads_per_split: usize, count: usize, cpu: (usize, usize)) -> (usize, usize) {
     let max_bytes = ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size);
     let slice_bytes = count as u64 * 4;
     assert!(
@@ -262,7 +256,10 @@ pub(crate) fn splits_with(ctx: &GpuContext, rows: usize, threads_per_split: usiz
     );
     let fit = (max_bytes / slice_bytes.max(1)).max(1) as usize;
     let wanted = if is_cpu(ctx) {
-        (cpu.0 / threads_per_split.max(1)).clamp(1, rows.div_ceil(cpu.1).max(1))
+        // A CPU adapter runs a few dozen workgroups at a time, and every extra split costs
+        // a full pass of reduce_partials: keep 2048 threads and >= 256 rows per split
+        // (measured flat from 512 to 2048 threads for the thin decoder layers too).
+        (2048 / threads_per_split.max(1)).clamp(1, rows.div_ceil(256).max(1))
     } else {
         split_count(rows, threads_per_split)
     };
@@ -353,108 +350,13 @@ pub fn conv_weight_grad(
     Ok(out)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct ThinWgradParams {
-    rows: u32,
-    kin: u32,
-    n: u32,
-    taps: u32,
-    kgroups: u32,
-    ngroups: u32,
-    rows_per_split: u32,
-    total: u32,
-    st: u32,
-    sk: u32,
-    sn: u32,
-    count: u32,
-    has_bias: u32,
-    aligned: u32,
-    splits: u32,
-    split_fastest: u32,
-}
-
-/// CPU split policy of the thin weight gradient: each thread's tile is tiny (16
-/// multiply-adds per row), so many more threads than the big-tile kernels, and a combine
-/// over `count` (tens to hundreds of outputs) that stays cheap even with hundreds of splits.
-const THIN_CPU_SPLITS: (usize, usize) = (4096, 64);
-
-/// `conv_weight_grad` of a thin layer with conv_wgrad_thin.wgsl (checked arguments); the
-/// bias partials come from the same pass.
-#[allow(clippy::too_many_arguments)]
-fn thin_weight_grad(
-    ctx: &GpuContext,
-    x: &GpuTensor,
-    map: &GpuTensor,
-    dy: &GpuTensor,
-    dw: &GpuTensor,
-    layout: WeightLayout,
-    dbias: Option<&GpuTensor>,
-    s: ConvShape,
-    tile: WgradTile,
-) -> Result<Vec<Dispatch>> {
-    let count = s.taps * s.cin * s.cout;
-    if let Some(db) = dbias {
-        ensure!(db.len == s.cout, "bias gradient has {} elements, expected {}", db.len, s.cout);
-    }
-    let kgroups = (s.taps * s.cin).div_ceil(tile.k);
-    let ngroups = s.cout.div_ceil(tile.n);
-    let per_split = kgroups * ngroups;
-    let (splits, rps) = splits_with(ctx, s.rows_out, per_split, count, THIN_CPU_SPLITS);
-    // The 8-wide (llvmpipe) entries take consecutive splits of one tile per SIMD vector;
-    // with a multiple of 256 rows per split, the rows its lanes read at one step lie at
-    // the same position of an even-width image row pair (widths up to 128), so a tap that
-    // a transposed or strided map leaves empty is empty for all of them and is skipped.
-    let split_fastest = tile.entry.ends_with("_cpu");
-    let (splits, rps) = if split_fastest && rps >= 128 {
-        let rps = rps.next_multiple_of(256);
-        (s.rows_out.div_ceil(rps), rps)
-    } else {
-        (splits, rps)
-    };
-    // One split writes dw (and dbias) directly; more write partials for the fixed-order combine.
-    let partials = if splits == 1 { dw.clone() } else { ctx.zeros(splits * count) };
-    let bias_partials = match dbias {
-        Some(db) if splits == 1 => db.clone(),
-        Some(_) => ctx.zeros(splits * s.cout),
-        None => ctx.zeros(1), // never written (has_bias = 0), but every binding must be filled
-    };
-    let total = splits * per_split;
-    let p = ThinWgradParams {
-        rows: u(s.rows_out, "rows")?,
-        kin: u(s.cin, "channels")?,
-        n: u(s.cout, "channels")?,
-        taps: u(s.taps, "taps")?,
-        kgroups: u(kgroups, "tiles")?,
-        ngroups: u(ngroups, "tiles")?,
-        rows_per_split: u(rps, "rows")?,
-        total: u(total, "threads")?,
-        st: u(layout.tap, "weight stride")?,
-        sk: u(layout.cin, "weight stride")?,
-        sn: u(layout.cout, "weight stride")?,
-        count: u(count, "weight size")?,
-        has_bias: dbias.is_some() as u32,
-        aligned: s.cin.is_multiple_of(4) as u32,
-        splits: u(splits, "splits")?,
-        split_fastest: split_fastest as u32,
-    };
-    u(splits * count, "partials size")?;
-    let kern = ctx.kernel_entry(tile.kernel, tile.entry)?;
-    let mut out = vec![ctx.dispatch(&kern, &p, &[x, map, dy, &partials, &bias_partials], total as u64)];
-    if splits > 1 {
-        out.push(reduce_partials(ctx, &partials, dw, splits, 1.0, false)?);
-        if let Some(db) = dbias {
-            out.push(reduce_partials(ctx, &bias_partials, db, splits, 1.0, false)?);
-        }
-    }
-    Ok(out)
-}
-
 mod kernels;
 mod reference;
+mod thin;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use kernels::is_cpu;
-use kernels::{ROW_GROUP, ROW_INTERLEAVE, WgradTile, tile_for, wgrad_tile_for};
+use kernels::{ROW_GROUP, ROW_INTERLEAVE, tile_for, wgrad_tile_for};
+use thin::thin_weight_grad;
 pub use reference::{conv_data_grad_ref, conv_forward_ref, conv_weight_grad_ref};
