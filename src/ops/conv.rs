@@ -8,7 +8,8 @@
 //! identity map) are the same kernel. The data gradient is the same gather over the
 //! inverse map (`sparse::inverse_map`) with the cin/cout roles of the weight swapped, so
 //! it needs no atomics; the weight gradient is a split-K GEMM over output rows followed
-//! by the fixed-order `reduce_partials`.
+//! by the fixed-order `reduce_partials` (`conv_wgrad_thin.wgsl`, see `thin`, for layers
+//! with few output channels).
 
 use anyhow::{Result, ensure};
 
@@ -256,7 +257,8 @@ pub(crate) fn splits_for(ctx: &GpuContext, rows: usize, threads_per_split: usize
     let fit = (max_bytes / slice_bytes.max(1)).max(1) as usize;
     let wanted = if is_cpu(ctx) {
         // A CPU adapter runs a few dozen workgroups at a time, and every extra split costs
-        // a full pass of reduce_partials: keep 2048 threads and >= 256 rows per split.
+        // a full pass of reduce_partials: keep 2048 threads and >= 256 rows per split
+        // (measured flat from 512 to 2048 threads for the thin decoder layers too).
         (2048 / threads_per_split.max(1)).clamp(1, rows.div_ceil(256).max(1))
     } else {
         split_count(rows, threads_per_split)
@@ -305,6 +307,9 @@ pub fn conv_weight_grad(
     ensure!(map.len == s.rows_out * s.taps, "neighbour map has {} entries, expected [{}, {}]", map.len, s.rows_out, s.taps);
     ensure!(dy.len == s.rows_out * s.cout, "output gradient has {} elements, expected [{}, {}]", dy.len, s.rows_out, s.cout);
     let tile = wgrad_tile_for(ctx, &s);
+    if tile.thin {
+        return thin_weight_grad(ctx, x, map, dy, dw, layout, dbias, s, tile);
+    }
     let ntiles = s.cout.div_ceil(tile.n);
     let (ktiles, per_split) = if tile.flat {
         let kt = (s.taps * s.cin).div_ceil(tile.k);
@@ -334,7 +339,7 @@ pub fn conv_weight_grad(
         _pad: [0; 3],
     };
     u(splits * count, "partials size")?;
-    let kern = ctx.kernel(tile.kernel)?;
+    let kern = ctx.kernel_entry(tile.kernel, tile.entry)?;
     let mut out = vec![ctx.dispatch(&kern, &p, &[x, map, dy, &partials], total as u64)];
     if splits > 1 {
         out.push(reduce_partials(ctx, &partials, dw, splits, 1.0, false)?);
@@ -347,9 +352,11 @@ pub fn conv_weight_grad(
 
 mod kernels;
 mod reference;
+mod thin;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use kernels::is_cpu;
 use kernels::{ROW_GROUP, ROW_INTERLEAVE, tile_for, wgrad_tile_for};
+use thin::thin_weight_grad;
 pub use reference::{conv_data_grad_ref, conv_forward_ref, conv_weight_grad_ref};

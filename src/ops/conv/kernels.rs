@@ -56,16 +56,33 @@ pub(crate) fn tile_for(ctx: &GpuContext, k: usize, n: usize, rows_in: usize) -> 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct WgradTile {
     pub kernel: &'static str,
+    pub entry: &'static str,
     pub k: usize,
     pub n: usize,
     pub flat: bool,
+    /// conv_wgrad_thin.wgsl: many splits, fused bias partials (see `conv_weight_grad`).
+    pub thin: bool,
 }
 
-pub(crate) const GPU_WGRAD: WgradTile = WgradTile { kernel: "conv_wgrad", k: 4, n: 8, flat: false };
+const fn wgrad(kernel: &'static str, entry: &'static str, k: usize, n: usize, flat: bool, thin: bool) -> WgradTile {
+    WgradTile { kernel, entry, k, n, flat, thin }
+}
+
+pub(crate) const GPU_WGRAD: WgradTile = wgrad("conv_wgrad", "main", 4, 8, false, false);
 /// CPU drivers (see conv_cpu_vec4.wgsl), cin and cout multiples of 4.
-pub(crate) const CPU_WGRAD_VEC4: WgradTile = WgradTile { kernel: "conv_wgrad_cpu_vec4", k: 32, n: 32, flat: false };
+pub(crate) const CPU_WGRAD_VEC4: WgradTile = wgrad("conv_wgrad_cpu_vec4", "main", 32, 32, false, false);
 /// CPU drivers, any channel counts; `k'` spans taps so that the 3-channel stem fills the tile.
-pub(crate) const CPU_WGRAD: WgradTile = WgradTile { kernel: "conv_wgrad_cpu", k: 32, n: 32, flat: true };
+pub(crate) const CPU_WGRAD: WgradTile = wgrad("conv_wgrad_cpu", "main", 32, 32, true, false);
+/// Thin layers (see `is_thin`), conv_wgrad_thin.wgsl: `k` k' x `n` output channels per
+/// thread (generated entry `k{k/4}n{n/4}`, `_cpu` for 8-wide workgroups).
+pub(crate) const THIN_CPU_K1N1: WgradTile = wgrad("conv_wgrad_thin", "k1n1_cpu", 4, 4, true, true);
+pub(crate) const THIN_CPU_K1N2: WgradTile = wgrad("conv_wgrad_thin", "k1n2_cpu", 4, 8, true, true);
+pub(crate) const THIN_CPU_K4N1: WgradTile = wgrad("conv_wgrad_thin", "k4n1_cpu", 16, 4, true, true);
+pub(crate) const THIN_CPU_K4N2: WgradTile = wgrad("conv_wgrad_thin", "k4n2_cpu", 16, 8, true, true);
+pub(crate) const THIN_CPU_K4N4: WgradTile = wgrad("conv_wgrad_thin", "k4n4_cpu", 16, 16, true, true);
+/// GPUs: register tiles the size of conv_wgrad.wgsl's.
+pub(crate) const THIN_GPU_K1N1: WgradTile = wgrad("conv_wgrad_thin", "k1n1", 4, 4, true, true);
+pub(crate) const THIN_GPU_K1N2: WgradTile = wgrad("conv_wgrad_thin", "k1n2", 4, 8, true, true);
 
 #[cfg(test)]
 thread_local! {
@@ -81,12 +98,38 @@ pub(crate) fn wgrad_tile_for(ctx: &GpuContext, s: &ConvShape) -> WgradTile {
     if let Some(t) = FORCE_WGRAD.with(|f| f.get()) {
         return t;
     }
-    if !is_cpu(ctx) {
+    let cpu = is_cpu(ctx);
+    if is_thin(cpu, s) {
+        thin_tile(cpu, s)
+    } else if !cpu {
         GPU_WGRAD
     } else if s.cin.is_multiple_of(4) && s.cout.is_multiple_of(4) && s.rows_in > 0 && s.rows_out > 0 {
         // (vec4 bindings need at least one vec4)
         CPU_WGRAD_VEC4
     } else {
         CPU_WGRAD
+    }
+}
+
+/// Whether the weight gradient of `s` takes conv_wgrad_thin.wgsl. CPU: up to 16 output
+/// channels, where a 32-wide column tile is at least half padding (measured on llvmpipe:
+/// the thin tiles win from the 3x3 16->16 decoder conv down; the 3->64 stem keeps the
+/// flat 32x32 tile). GPU: where conv_wgrad.wgsl's per-tap 4 x 8 tile is padded.
+pub(crate) fn is_thin(cpu: bool, s: &ConvShape) -> bool {
+    if cpu { s.cout <= 16 } else { !s.cin.is_multiple_of(4) || s.cout < 8 }
+}
+
+/// The largest thin tile the layer fills: each loaded input serves every output channel
+/// of the tile, each output gradient every k' (loads dominate on llvmpipe).
+pub(crate) fn thin_tile(cpu: bool, s: &ConvShape) -> WgradTile {
+    let wide_k = s.taps * s.cin >= 16;
+    match (cpu, wide_k, s.cout) {
+        (false, _, ..=4) => THIN_GPU_K1N1,
+        (false, _, _) => THIN_GPU_K1N2,
+        (true, false, ..=4) => THIN_CPU_K1N1,
+        (true, false, _) => THIN_CPU_K1N2,
+        (true, true, ..=4) => THIN_CPU_K4N1,
+        (true, true, ..=8) => THIN_CPU_K4N2,
+        (true, true, _) => THIN_CPU_K4N4,
     }
 }

@@ -101,10 +101,21 @@ fn check_case(ctx: &GpuContext, geo: &Geo, mask: &PatchMask, cin: usize, cout: u
     }
 }
 
+/// Every tile of conv_wgrad_thin.wgsl.
+const THIN_TILES: &[WgradTile] =
+    &[THIN_CPU_K1N1, THIN_CPU_K1N2, THIN_CPU_K4N1, THIN_CPU_K4N2, THIN_CPU_K4N4, THIN_GPU_K1N1, THIN_GPU_K1N2];
+
 /// Every gather-GEMM kernel (forward and data gradient) and weight-gradient kernel that
 /// can run `cin -> cout`, paired up.
 fn tiles_for(cin: usize, cout: usize) -> Vec<(GemmTile, WgradTile)> {
-    let mut t = vec![(GPU_TILE, GPU_WGRAD), (CPU_TILE, CPU_WGRAD), (CPU_NARROW_TILE, CPU_WGRAD)];
+    let mut t = vec![
+        (GPU_TILE, GPU_WGRAD),
+        (CPU_TILE, CPU_WGRAD),
+        (CPU_NARROW_TILE, CPU_WGRAD),
+        (GPU_TILE, THIN_GPU_K1N2),
+        (CPU_NARROW_TILE, THIN_CPU_K4N1),
+        (CPU_TILE, THIN_CPU_K4N4),
+    ];
     if cin.is_multiple_of(4) && cout.is_multiple_of(4) {
         t.push((CPU_VEC4_TILE, CPU_WGRAD_VEC4));
     }
@@ -152,6 +163,152 @@ fn weight_gradient_with_many_splits() {
         FORCE_TILE.with(|f| f.set(Some(tile)));
         FORCE_WGRAD.with(|f| f.set(Some(wtile)));
         check_case(&ctx, &geo, &mask, 36, 68, true, true, 9, &format!("{} {tile:?} {wtile:?}", geo.name));
+    }
+}
+
+/// Thin layers (the full-resolution decoder stages): 1..4 channels in and out, ~3000 rows
+/// (a multiple of no tile or split), 3×3 and transposed 4×4/2, with the thin weight-gradient
+/// kernel forced (both entry points) and as the automatic choice.
+#[test]
+fn thin_layers_match_cpu() {
+    let ctx = GpuContext::new_default().unwrap();
+    let geos = [
+        Geo { name: "thin dense 3x3/1", win: Window::new(3, 1, 1), transposed: false, h_in: 31, dense: true },
+        Geo { name: "thin dense transposed 4x4/2", win: Window::new(4, 2, 1), transposed: true, h_in: 15, dense: true },
+    ];
+    let mask = PatchMask::all_visible(3, 2, 2);
+    let mut seed = 500;
+    for geo in &geos {
+        for cin in 1..=4 {
+            for cout in 1..=4 {
+                let (bias, acc) = ((cin + cout) % 2 == 0, cin % 2 == 0);
+                for force in std::iter::once(None).chain(THIN_TILES.iter().map(|&t| Some(t))) {
+                    FORCE_TILE.with(|f| f.set(None));
+                    FORCE_WGRAD.with(|f| f.set(force));
+                    let what = format!("{} ({cin}->{cout}, bias {bias}, accumulate {acc}, {force:?})", geo.name);
+                    check_case(&ctx, geo, &mask, cin, cout, bias, acc, seed, &what);
+                    seed += 10;
+                }
+            }
+        }
+    }
+    // Many k' tiles per split: few splits of more than 128 rows, so the CPU entries round
+    // the rows per split up to a multiple of 256.
+    let geo = &geos[0];
+    for force in THIN_TILES {
+        FORCE_WGRAD.with(|f| f.set(Some(*force)));
+        check_case(&ctx, geo, &mask, 36, 13, true, false, seed, &format!("{} (36->13, {force:?})", geo.name));
+        seed += 10;
+    }
+    FORCE_WGRAD.with(|f| f.set(None));
+    let s = ConvShape { rows_in: 2883, rows_out: 2883, cin: 4, cout: 2, taps: 9 };
+    assert!(is_thin(true, &s) && is_thin(false, &s), "the decoder's last stages must take the thin kernel");
+    assert_eq!(thin_tile(true, &s), THIN_CPU_K4N1);
+    let s = ConvShape { rows_in: 2883, rows_out: 2883, cin: 3, cout: 64, taps: 49 };
+    assert!(!is_thin(true, &s), "the stem keeps the 32x32 CPU tile");
+}
+
+/// Weight and bias gradients (split-K partials + reduce_partials) give identical bits on
+/// two runs, for every weight-gradient kernel, with many splits.
+#[test]
+fn weight_gradient_is_bitwise_deterministic() {
+    let ctx = GpuContext::new_default().unwrap();
+    let geo = Geo { name: "dense 3x3/1", win: Window::new(3, 1, 1), transposed: false, h_in: 29, dense: true };
+    let (inp, out, map) = sets(&geo, &PatchMask::all_visible(2, 2, 2));
+    for (cin, cout) in [(3, 2), (4, 4), (8, 12)] {
+        let s = ConvShape { rows_in: inp.rows(), rows_out: out.rows(), cin, cout, taps: 9 };
+        let l = layout_of(&geo, cin, cout);
+        let (xt, mt, gt) =
+            (ctx.upload(&random_vec(1, s.rows_in * cin)), ctx.upload(&map.map), ctx.upload(&random_vec(2, s.rows_out * cout)));
+        let mut wtiles = vec![GPU_WGRAD, CPU_WGRAD];
+        wtiles.extend_from_slice(THIN_TILES);
+        if cin.is_multiple_of(4) && cout.is_multiple_of(4) {
+            wtiles.push(CPU_WGRAD_VEC4);
+        }
+        for wtile in wtiles {
+            FORCE_WGRAD.with(|f| f.set(Some(wtile)));
+            let run = || {
+                let (dw, db) = (ctx.zeros(9 * cin * cout), ctx.zeros(cout));
+                ctx.run(&conv_weight_grad(&ctx, &xt, &mt, &gt, &dw, l, Some(&db), s).unwrap()).unwrap();
+                (ctx.read_f32(&dw).unwrap(), ctx.read_f32(&db).unwrap())
+            };
+            let (a, b) = (run(), run());
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.0), bits(&b.0), "{cin}->{cout} {wtile:?}: dw differs between runs");
+            assert_eq!(bits(&a.1), bits(&b.1), "{cin}->{cout} {wtile:?}: dbias differs between runs");
+        }
+    }
+    FORCE_WGRAD.with(|f| f.set(None));
+}
+
+/// Timings of the thin decoder layers of `spark-wgpu bench --model resnet_tiny --input-size 64
+/// --batch 16 --dec-width 64` with each candidate kernel (not a check):
+///     cargo test --release --lib conv::tests::thin_timing -- --ignored --nocapture
+#[test]
+#[ignore]
+fn thin_timing() {
+    let ctx = GpuContext::new_default().unwrap();
+    let b = 16;
+    let filter = std::env::var("THIN_FILTER").unwrap_or_default();
+    // (name, window, transposed, input side, cin, cout)
+    let layers = [
+        ("dec4 up 4x4t 4->4", Window::new(4, 2, 1), true, 32, 4, 4),
+        ("dec4 conv0 3x3 4->4", Window::new(3, 1, 1), false, 64, 4, 4),
+        ("dec4 conv3 3x3 4->2", Window::new(3, 1, 1), false, 64, 4, 2),
+        ("proj 1x1 2->3", Window::new(1, 1, 0), false, 64, 2, 3),
+        ("dec3 up 4x4t 8->8", Window::new(4, 2, 1), true, 16, 8, 8),
+        ("dec3 conv0 3x3 8->8", Window::new(3, 1, 1), false, 32, 8, 8),
+        ("dec3 conv3 3x3 8->4", Window::new(3, 1, 1), false, 32, 8, 4),
+        ("dec2 up 4x4t 16->16", Window::new(4, 2, 1), true, 8, 16, 16),
+        ("dec2 conv0 3x3 16->16", Window::new(3, 1, 1), false, 16, 16, 16),
+        ("dec2 conv3 3x3 16->8", Window::new(3, 1, 1), false, 16, 16, 8),
+        ("proj3 3x3 8->8 @16", Window::new(3, 1, 1), false, 16, 8, 8),
+        ("l1 3x3 64->8 @16", Window::new(3, 1, 1), false, 16, 64, 8),
+        ("stem 7x7/2 3->64", Window::new(7, 2, 3), false, 64, 3, 64),
+    ];
+    let best = |ds: &[crate::gpu::Dispatch]| -> f64 {
+        let refs: Vec<&crate::gpu::Dispatch> = ds.iter().collect();
+        (0..3).map(|_| ctx.profile(&refs).unwrap().iter().sum::<f64>()).fold(f64::INFINITY, f64::min)
+    };
+    for (name, win, transposed, h_in, cin, cout) in layers {
+        if !name.contains(filter.as_str()) {
+            continue;
+        }
+        let geo = Geo { name, win, transposed, h_in, dense: true };
+        let (inp, out, map) = sets(&geo, &PatchMask::all_visible(b, 2, 2));
+        let inv = inverse_map(&map, inp.rows());
+        let taps = win.taps();
+        let s = ConvShape { rows_in: inp.rows(), rows_out: out.rows(), cin, cout, taps };
+        let l = layout_of(&geo, cin, cout);
+        let (xt, mt, it) = (ctx.upload(&random_vec(1, s.rows_in * cin)), ctx.upload(&map.map), ctx.upload(&inv.map));
+        let (wt, bt, gt) = (ctx.upload(&random_vec(2, taps * cin * cout)), ctx.upload(&random_vec(3, cout)), ctx.upload(&random_vec(4, s.rows_out * cout)));
+        let (yt, dxt, dwt, dbt) = (ctx.zeros(s.rows_out * cout), ctx.zeros(s.rows_in * cin), ctx.zeros(taps * cin * cout), ctx.zeros(cout));
+        let mut line = format!("{name:<24} rows {:>6}", s.rows_out);
+        let mut tiles = vec![None, Some(CPU_TILE), Some(CPU_NARROW_TILE)];
+        if cin.is_multiple_of(4) && cout.is_multiple_of(4) {
+            tiles.push(Some(CPU_VEC4_TILE));
+        }
+        for t in tiles {
+            FORCE_TILE.with(|f| f.set(t));
+            let f = best(&conv_forward(&ctx, &xt, &mt, &wt, l, Some(&bt), &yt, s, false).unwrap());
+            let d = best(&conv_data_grad(&ctx, &gt, &it, &wt, l, &dxt, s, false).unwrap());
+            let tn = t.map(|t| t.kernel).unwrap_or("auto");
+            line += &format!(" | {tn} f {f:.1} d {d:.1}");
+        }
+        FORCE_TILE.with(|f| f.set(None));
+        let mut wtiles = vec![None, Some(CPU_WGRAD)];
+        wtiles.extend(THIN_TILES.iter().filter(|t| t.entry.ends_with("_cpu")).map(|&t| Some(t)));
+        if cin.is_multiple_of(4) && cout.is_multiple_of(4) {
+            wtiles.push(Some(CPU_WGRAD_VEC4));
+        }
+        for t in wtiles {
+            FORCE_WGRAD.with(|f| f.set(t));
+            let w = best(&conv_weight_grad(&ctx, &xt, &mt, &gt, &dwt, l, Some(&dbt), s).unwrap());
+            let tn = t.map(|t| if t.thin { t.entry } else { t.kernel }).unwrap_or("auto");
+            line += &format!(" | {tn} w+b {w:.1}");
+        }
+        FORCE_WGRAD.with(|f| f.set(None));
+        println!("{line}");
     }
 }
 
