@@ -75,3 +75,13 @@ pub fn assert_grad_matches(analytic: &[f64], numeric: &[f64], tol: f64, what: &s
         assert!((a - n).abs() / scale <= tol, "{what}: gradient {i}: analytic {a} vs finite difference {n}");
     }
 }
+
+/// Widen to f64 (CPU references and finite differences work in f64).
+pub fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// Narrow to f32.
+pub fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}

@@ -106,16 +106,11 @@ pub fn activation_backward_ref(act: Activation, x: &[f64], dy: &[f64]) -> Vec<f6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{f32s, f64s};
     use crate::testing::{assert_close, assert_grad_matches, numeric_grad, random_vec};
 
     const ALL: [Activation; 3] = [Activation::Relu, Activation::Relu6, Activation::Gelu];
 
-    fn f64s(v: &[f32]) -> Vec<f64> {
-        v.iter().map(|&x| x as f64).collect()
-    }
-    fn f32s(v: &[f64]) -> Vec<f32> {
-        v.iter().map(|&x| x as f32).collect()
-    }
 
     /// Values over [-8, 8] plus the kinks (0 and 6) exactly.
     fn inputs(seed: u64, n: usize) -> Vec<f32> {

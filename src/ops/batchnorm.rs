@@ -270,14 +270,9 @@ pub fn batchnorm_backward_ref(x: &[f64], dy: &[f64], gamma: &[f64], saved: &BnSa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{f32s, f64s};
     use crate::testing::{assert_close, assert_grad_matches, max_rel_err, numeric_grad, random_vec};
 
-    fn f64s(v: &[f32]) -> Vec<f64> {
-        v.iter().map(|&x| x as f64).collect()
-    }
-    fn f32s(v: &[f64]) -> Vec<f32> {
-        v.iter().map(|&x| x as f32).collect()
-    }
 
     /// GPU tensors of one BatchNorm layer plus host copies of its inputs.
     struct Case {

@@ -139,15 +139,10 @@ pub fn scatter_rows_backward_ref(d_dense: &[f64], row_of: &[i32], site_of_row: &
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{f32s, f64s};
     use crate::sparse::ActiveSet;
     use crate::testing::{assert_close, assert_grad_matches, numeric_grad, random_patch_mask, random_vec};
 
-    fn f64s(v: &[f32]) -> Vec<f64> {
-        v.iter().map(|&x| x as f64).collect()
-    }
-    fn f32s(v: &[f64]) -> Vec<f32> {
-        v.iter().map(|&x| x as f32).collect()
-    }
 
     fn site_of_row(s: &ActiveSet) -> Vec<i32> {
         s.sites.iter().map(|&[b, y, x]| ((b as usize * s.h + y as usize) * s.w + x as usize) as i32).collect()

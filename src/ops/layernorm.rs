@@ -148,14 +148,9 @@ pub fn layernorm_backward_ref(x: &[f64], dy: &[f64], gamma: &[f64], mean: &[f64]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{f32s, f64s};
     use crate::testing::{assert_close, assert_grad_matches, max_rel_err, numeric_grad, random_vec};
 
-    fn f64s(v: &[f32]) -> Vec<f64> {
-        v.iter().map(|&x| x as f64).collect()
-    }
-    fn f32s(v: &[f64]) -> Vec<f32> {
-        v.iter().map(|&x| x as f32).collect()
-    }
 
     struct Run {
         y: Vec<f32>,
