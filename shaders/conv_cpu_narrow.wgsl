@@ -129,58 +129,79 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let m14 = maps4(o14, t);
         let m15 = maps4(o15, t);
         let mx = max(max(max(max(max(max(max(max(max(max(max(max(max(max(max(m0, m1), m2), m3), m4), m5), m6), m7), m8), m9), m10), m11), m12), m13), m14), m15);
-        // Skip taps that none of the rows reads (see conv.wgsl).
+        // Skip taps that none of the rows reads (see conv.wgsl), and per 4 rows the input
+        // loads of a tap that none of them reads: with a transposed 4x4/2 map, 3 of 4
+        // taps are empty for a row, and the 4 rows of a group (8 consecutive rows) share
+        // their image row, so they agree; so do the lanes of a SIMD vector (rows RI * TR
+        // apart). Only the loads are conditional: an accumulator written in a branch costs
+        // llvmpipe a blend per component.
         if (max(max(mx.x, mx.y), max(mx.z, mx.w)) >= 0) {
-            let b0 = vec4<u32>(max(m0, zero)) * kstep; let v0 = m0 >= zero;
-            let b1 = vec4<u32>(max(m1, zero)) * kstep; let v1 = m1 >= zero;
-            let b2 = vec4<u32>(max(m2, zero)) * kstep; let v2 = m2 >= zero;
-            let b3 = vec4<u32>(max(m3, zero)) * kstep; let v3 = m3 >= zero;
-            let b4 = vec4<u32>(max(m4, zero)) * kstep; let v4 = m4 >= zero;
-            let b5 = vec4<u32>(max(m5, zero)) * kstep; let v5 = m5 >= zero;
-            let b6 = vec4<u32>(max(m6, zero)) * kstep; let v6 = m6 >= zero;
-            let b7 = vec4<u32>(max(m7, zero)) * kstep; let v7 = m7 >= zero;
-            let b8 = vec4<u32>(max(m8, zero)) * kstep; let v8 = m8 >= zero;
-            let b9 = vec4<u32>(max(m9, zero)) * kstep; let v9 = m9 >= zero;
-            let b10 = vec4<u32>(max(m10, zero)) * kstep; let v10 = m10 >= zero;
-            let b11 = vec4<u32>(max(m11, zero)) * kstep; let v11 = m11 >= zero;
-            let b12 = vec4<u32>(max(m12, zero)) * kstep; let v12 = m12 >= zero;
-            let b13 = vec4<u32>(max(m13, zero)) * kstep; let v13 = m13 >= zero;
-            let b14 = vec4<u32>(max(m14, zero)) * kstep; let v14 = m14 >= zero;
-            let b15 = vec4<u32>(max(m15, zero)) * kstep; let v15 = m15 >= zero;
+            let b0 = vec4<u32>(max(m0, zero)) * kstep; let v0 = m0 >= zero; let u0 = any(v0);
+            let b1 = vec4<u32>(max(m1, zero)) * kstep; let v1 = m1 >= zero; let u1 = any(v1);
+            let b2 = vec4<u32>(max(m2, zero)) * kstep; let v2 = m2 >= zero; let u2 = any(v2);
+            let b3 = vec4<u32>(max(m3, zero)) * kstep; let v3 = m3 >= zero; let u3 = any(v3);
+            let b4 = vec4<u32>(max(m4, zero)) * kstep; let v4 = m4 >= zero; let u4 = any(v4);
+            let b5 = vec4<u32>(max(m5, zero)) * kstep; let v5 = m5 >= zero; let u5 = any(v5);
+            let b6 = vec4<u32>(max(m6, zero)) * kstep; let v6 = m6 >= zero; let u6 = any(v6);
+            let b7 = vec4<u32>(max(m7, zero)) * kstep; let v7 = m7 >= zero; let u7 = any(v7);
+            let b8 = vec4<u32>(max(m8, zero)) * kstep; let v8 = m8 >= zero; let u8 = any(v8);
+            let b9 = vec4<u32>(max(m9, zero)) * kstep; let v9 = m9 >= zero; let u9 = any(v9);
+            let b10 = vec4<u32>(max(m10, zero)) * kstep; let v10 = m10 >= zero; let u10 = any(v10);
+            let b11 = vec4<u32>(max(m11, zero)) * kstep; let v11 = m11 >= zero; let u11 = any(v11);
+            let b12 = vec4<u32>(max(m12, zero)) * kstep; let v12 = m12 >= zero; let u12 = any(v12);
+            let b13 = vec4<u32>(max(m13, zero)) * kstep; let v13 = m13 >= zero; let u13 = any(v13);
+            let b14 = vec4<u32>(max(m14, zero)) * kstep; let v14 = m14 >= zero; let u14 = any(v14);
+            let b15 = vec4<u32>(max(m15, zero)) * kstep; let v15 = m15 >= zero; let u15 = any(v15);
             var wi = t * p.kin * nv + ct * TV;
             for (var k = 0u; k < kstep; k++) {
                 let w0 = wt[wi + 0u];
-                let x0 = xs(b0, v0, k);
+                var x0 = vec4<f32>(0.0);
+                if (u0) { x0 = xs(b0, v0, k); }
                 a0_0 += outer(x0, w0);
-                let x1 = xs(b1, v1, k);
+                var x1 = vec4<f32>(0.0);
+                if (u1) { x1 = xs(b1, v1, k); }
                 a1_0 += outer(x1, w0);
-                let x2 = xs(b2, v2, k);
+                var x2 = vec4<f32>(0.0);
+                if (u2) { x2 = xs(b2, v2, k); }
                 a2_0 += outer(x2, w0);
-                let x3 = xs(b3, v3, k);
+                var x3 = vec4<f32>(0.0);
+                if (u3) { x3 = xs(b3, v3, k); }
                 a3_0 += outer(x3, w0);
-                let x4 = xs(b4, v4, k);
+                var x4 = vec4<f32>(0.0);
+                if (u4) { x4 = xs(b4, v4, k); }
                 a4_0 += outer(x4, w0);
-                let x5 = xs(b5, v5, k);
+                var x5 = vec4<f32>(0.0);
+                if (u5) { x5 = xs(b5, v5, k); }
                 a5_0 += outer(x5, w0);
-                let x6 = xs(b6, v6, k);
+                var x6 = vec4<f32>(0.0);
+                if (u6) { x6 = xs(b6, v6, k); }
                 a6_0 += outer(x6, w0);
-                let x7 = xs(b7, v7, k);
+                var x7 = vec4<f32>(0.0);
+                if (u7) { x7 = xs(b7, v7, k); }
                 a7_0 += outer(x7, w0);
-                let x8 = xs(b8, v8, k);
+                var x8 = vec4<f32>(0.0);
+                if (u8) { x8 = xs(b8, v8, k); }
                 a8_0 += outer(x8, w0);
-                let x9 = xs(b9, v9, k);
+                var x9 = vec4<f32>(0.0);
+                if (u9) { x9 = xs(b9, v9, k); }
                 a9_0 += outer(x9, w0);
-                let x10 = xs(b10, v10, k);
+                var x10 = vec4<f32>(0.0);
+                if (u10) { x10 = xs(b10, v10, k); }
                 a10_0 += outer(x10, w0);
-                let x11 = xs(b11, v11, k);
+                var x11 = vec4<f32>(0.0);
+                if (u11) { x11 = xs(b11, v11, k); }
                 a11_0 += outer(x11, w0);
-                let x12 = xs(b12, v12, k);
+                var x12 = vec4<f32>(0.0);
+                if (u12) { x12 = xs(b12, v12, k); }
                 a12_0 += outer(x12, w0);
-                let x13 = xs(b13, v13, k);
+                var x13 = vec4<f32>(0.0);
+                if (u13) { x13 = xs(b13, v13, k); }
                 a13_0 += outer(x13, w0);
-                let x14 = xs(b14, v14, k);
+                var x14 = vec4<f32>(0.0);
+                if (u14) { x14 = xs(b14, v14, k); }
                 a14_0 += outer(x14, w0);
-                let x15 = xs(b15, v15, k);
+                var x15 = vec4<f32>(0.0);
+                if (u15) { x15 = xs(b15, v15, k); }
                 a15_0 += outer(x15, w0);
                 wi += nv;
             }

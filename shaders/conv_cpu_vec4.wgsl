@@ -109,16 +109,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let m6 = maps4(o6, t);
         let m7 = maps4(o7, t);
         let mx = max(max(max(max(max(max(max(m0, m1), m2), m3), m4), m5), m6), m7);
-        // Skip taps that none of the rows reads (see conv.wgsl).
+        // Skip taps that none of the rows reads (see conv.wgsl), and per 4 rows the input
+        // loads of a tap that none of them reads (see conv_cpu_narrow.wgsl; only the loads
+        // are conditional: an accumulator written in a branch costs llvmpipe a blend).
         if (max(max(mx.x, mx.y), max(mx.z, mx.w)) >= 0) {
-            let b0 = vec4<u32>(max(m0, zero)) * kstep; let v0 = m0 >= zero;
-            let b1 = vec4<u32>(max(m1, zero)) * kstep; let v1 = m1 >= zero;
-            let b2 = vec4<u32>(max(m2, zero)) * kstep; let v2 = m2 >= zero;
-            let b3 = vec4<u32>(max(m3, zero)) * kstep; let v3 = m3 >= zero;
-            let b4 = vec4<u32>(max(m4, zero)) * kstep; let v4 = m4 >= zero;
-            let b5 = vec4<u32>(max(m5, zero)) * kstep; let v5 = m5 >= zero;
-            let b6 = vec4<u32>(max(m6, zero)) * kstep; let v6 = m6 >= zero;
-            let b7 = vec4<u32>(max(m7, zero)) * kstep; let v7 = m7 >= zero;
+            let b0 = vec4<u32>(max(m0, zero)) * kstep; let v0 = m0 >= zero; let u0 = any(v0);
+            let b1 = vec4<u32>(max(m1, zero)) * kstep; let v1 = m1 >= zero; let u1 = any(v1);
+            let b2 = vec4<u32>(max(m2, zero)) * kstep; let v2 = m2 >= zero; let u2 = any(v2);
+            let b3 = vec4<u32>(max(m3, zero)) * kstep; let v3 = m3 >= zero; let u3 = any(v3);
+            let b4 = vec4<u32>(max(m4, zero)) * kstep; let v4 = m4 >= zero; let u4 = any(v4);
+            let b5 = vec4<u32>(max(m5, zero)) * kstep; let v5 = m5 >= zero; let u5 = any(v5);
+            let b6 = vec4<u32>(max(m6, zero)) * kstep; let v6 = m6 >= zero; let u6 = any(v6);
+            let b7 = vec4<u32>(max(m7, zero)) * kstep; let v7 = m7 >= zero; let u7 = any(v7);
             var wi = t * p.kin * nv + ct * TV;
             for (var k4 = 0u; k4 < kstep; k4++) {
                 let w0 = ws4(wi + 0u, nv);
@@ -129,21 +131,29 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 let w5 = ws4(wi + 5u, nv);
                 let w6 = ws4(wi + 6u, nv);
                 let w7 = ws4(wi + 7u, nv);
-                let x0 = xs4(b0, v0, k4);
+                var x0 = mat4x4<f32>();
+                if (u0) { x0 = xs4(b0, v0, k4); }
                 a0_0 += w0 * x0; a0_1 += w1 * x0; a0_2 += w2 * x0; a0_3 += w3 * x0; a0_4 += w4 * x0; a0_5 += w5 * x0; a0_6 += w6 * x0; a0_7 += w7 * x0;
-                let x1 = xs4(b1, v1, k4);
+                var x1 = mat4x4<f32>();
+                if (u1) { x1 = xs4(b1, v1, k4); }
                 a1_0 += w0 * x1; a1_1 += w1 * x1; a1_2 += w2 * x1; a1_3 += w3 * x1; a1_4 += w4 * x1; a1_5 += w5 * x1; a1_6 += w6 * x1; a1_7 += w7 * x1;
-                let x2 = xs4(b2, v2, k4);
+                var x2 = mat4x4<f32>();
+                if (u2) { x2 = xs4(b2, v2, k4); }
                 a2_0 += w0 * x2; a2_1 += w1 * x2; a2_2 += w2 * x2; a2_3 += w3 * x2; a2_4 += w4 * x2; a2_5 += w5 * x2; a2_6 += w6 * x2; a2_7 += w7 * x2;
-                let x3 = xs4(b3, v3, k4);
+                var x3 = mat4x4<f32>();
+                if (u3) { x3 = xs4(b3, v3, k4); }
                 a3_0 += w0 * x3; a3_1 += w1 * x3; a3_2 += w2 * x3; a3_3 += w3 * x3; a3_4 += w4 * x3; a3_5 += w5 * x3; a3_6 += w6 * x3; a3_7 += w7 * x3;
-                let x4 = xs4(b4, v4, k4);
+                var x4 = mat4x4<f32>();
+                if (u4) { x4 = xs4(b4, v4, k4); }
                 a4_0 += w0 * x4; a4_1 += w1 * x4; a4_2 += w2 * x4; a4_3 += w3 * x4; a4_4 += w4 * x4; a4_5 += w5 * x4; a4_6 += w6 * x4; a4_7 += w7 * x4;
-                let x5 = xs4(b5, v5, k4);
+                var x5 = mat4x4<f32>();
+                if (u5) { x5 = xs4(b5, v5, k4); }
                 a5_0 += w0 * x5; a5_1 += w1 * x5; a5_2 += w2 * x5; a5_3 += w3 * x5; a5_4 += w4 * x5; a5_5 += w5 * x5; a5_6 += w6 * x5; a5_7 += w7 * x5;
-                let x6 = xs4(b6, v6, k4);
+                var x6 = mat4x4<f32>();
+                if (u6) { x6 = xs4(b6, v6, k4); }
                 a6_0 += w0 * x6; a6_1 += w1 * x6; a6_2 += w2 * x6; a6_3 += w3 * x6; a6_4 += w4 * x6; a6_5 += w5 * x6; a6_6 += w6 * x6; a6_7 += w7 * x6;
-                let x7 = xs4(b7, v7, k4);
+                var x7 = mat4x4<f32>();
+                if (u7) { x7 = xs4(b7, v7, k4); }
                 a7_0 += w0 * x7; a7_1 += w1 * x7; a7_2 += w2 * x7; a7_3 += w3 * x7; a7_4 += w4 * x7; a7_5 += w5 * x7; a7_6 += w6 * x7; a7_7 += w7 * x7;
                 wi += 4u * nv;
             }

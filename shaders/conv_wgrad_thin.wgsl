@@ -137,11 +137,12 @@ fn run_k1n1(id: u32) {
             if (bias_thread || v0) {
                 let g0 = dy4(g, nt * 4u + 0u);
                 b0 += g0;
+                var x0 = vec4<f32>(0.0);
                 if (v0) {
                     let xb = u32(m0) * p.kin;
-                    let x0 = vec4<f32>(x[xb + ci0.x], x[xb + ci0.y], x[xb + ci0.z], x[xb + ci0.w]);
-                    a0_0 += outer(x0, g0);
+                    x0 = vec4<f32>(x[xb + ci0.x], x[xb + ci0.y], x[xb + ci0.z], x[xb + ci0.w]);
                 }
+                a0_0 += outer(x0, g0);
             }
         }
     } else {
@@ -153,10 +154,11 @@ fn run_k1n1(id: u32) {
             if (bias_thread || v0) {
                 let g0 = dy4(g, nt * 4u + 0u);
                 b0 += g0;
+                var x0 = vec4<f32>(0.0);
                 if (v0) {
-                    let x0 = xs4(m0, ci0);
-                    a0_0 += outer(x0, g0);
+                    x0 = xs4(m0, ci0);
                 }
+                a0_0 += outer(x0, g0);
             }
         }
     }
@@ -205,11 +207,12 @@ fn run_k1n2(id: u32) {
                 b0 += g0;
                 let g1 = dy4(g, nt * 8u + 4u);
                 b1 += g1;
+                var x0 = vec4<f32>(0.0);
                 if (v0) {
                     let xb = u32(m0) * p.kin;
-                    let x0 = vec4<f32>(x[xb + ci0.x], x[xb + ci0.y], x[xb + ci0.z], x[xb + ci0.w]);
-                    a0_0 += outer(x0, g0); a0_1 += outer(x0, g1);
+                    x0 = vec4<f32>(x[xb + ci0.x], x[xb + ci0.y], x[xb + ci0.z], x[xb + ci0.w]);
                 }
+                a0_0 += outer(x0, g0); a0_1 += outer(x0, g1);
             }
         }
     } else {
@@ -223,10 +226,11 @@ fn run_k1n2(id: u32) {
                 b0 += g0;
                 let g1 = dy4(g, nt * 8u + 4u);
                 b1 += g1;
+                var x0 = vec4<f32>(0.0);
                 if (v0) {
-                    let x0 = xs4(m0, ci0);
-                    a0_0 += outer(x0, g0); a0_1 += outer(x0, g1);
+                    x0 = xs4(m0, ci0);
                 }
+                a0_0 += outer(x0, g0); a0_1 += outer(x0, g1);
             }
         }
     }
@@ -290,26 +294,30 @@ fn run_k4n1(id: u32) {
             if (bias_thread || v0 || v1 || v2 || v3) {
                 let g0 = dy4(g, nt * 4u + 0u);
                 b0 += g0;
+                var x0 = vec4<f32>(0.0);
                 if (v0) {
                     let xb = u32(m0) * p.kin;
-                    let x0 = vec4<f32>(x[xb + ci0.x], x[xb + ci0.y], x[xb + ci0.z], x[xb + ci0.w]);
-                    a0_0 += outer(x0, g0);
+                    x0 = vec4<f32>(x[xb + ci0.x], x[xb + ci0.y], x[xb + ci0.z], x[xb + ci0.w]);
                 }
+                a0_0 += outer(x0, g0);
+                var x1 = vec4<f32>(0.0);
                 if (v1) {
                     let xb = u32(m1) * p.kin;
-                    let x1 = vec4<f32>(x[xb + ci1.x], x[xb + ci1.y], x[xb + ci1.z], x[xb + ci1.w]);
-                    a1_0 += outer(x1, g0);
+                    x1 = vec4<f32>(x[xb + ci1.x], x[xb + ci1.y], x[xb + ci1.z], x[xb + ci1.w]);
                 }
+                a1_0 += outer(x1, g0);
+                var x2 = vec4<f32>(0.0);
                 if (v2) {
                     let xb = u32(m2) * p.kin;
-                    let x2 = vec4<f32>(x[xb + ci2.x], x[xb + ci2.y], x[xb + ci2.z], x[xb + ci2.w]);
-                    a2_0 += outer(x2, g0);
+                    x2 = vec4<f32>(x[xb + ci2.x], x[xb + ci2.y], x[xb + ci2.z], x[xb + ci2.w]);
                 }
+                a2_0 += outer(x2, g0);
+                var x3 = vec4<f32>(0.0);
                 if (v3) {
                     let xb = u32(m3) * p.kin;
-                    let x3 = vec4<f32>(x[xb + ci3.x], x[xb + ci3.y], x[xb + ci3.z], x[xb + ci3.w]);
-                    a3_0 += outer(x3, g0);
+                    x3 = vec4<f32>(x[xb + ci3.x], x[xb + ci3.y], x[xb + ci3.z], x[xb + ci3.w]);
                 }
+                a3_0 += outer(x3, g0);
             }
         }
     } else {
@@ -327,22 +335,26 @@ fn run_k4n1(id: u32) {
             if (bias_thread || v0 || v1 || v2 || v3) {
                 let g0 = dy4(g, nt * 4u + 0u);
                 b0 += g0;
+                var x0 = vec4<f32>(0.0);
                 if (v0) {
-                    let x0 = xs4(m0, ci0);
-                    a0_0 += outer(x0, g0);
+                    x0 = xs4(m0, ci0);
                 }
+                a0_0 += outer(x0, g0);
+                var x1 = vec4<f32>(0.0);
                 if (v1) {
-                    let x1 = xs4(m1, ci1);
-                    a1_0 += outer(x1, g0);
+                    x1 = xs4(m1, ci1);
                 }
+                a1_0 += outer(x1, g0);
+                var x2 = vec4<f32>(0.0);
                 if (v2) {
-                    let x2 = xs4(m2, ci2);
-                    a2_0 += outer(x2, g0);
+                    x2 = xs4(m2, ci2);
                 }
+                a2_0 += outer(x2, g0);
+                var x3 = vec4<f32>(0.0);
                 if (v3) {
-                    let x3 = xs4(m3, ci3);
-                    a3_0 += outer(x3, g0);
+                    x3 = xs4(m3, ci3);
                 }
+                a3_0 += outer(x3, g0);
             }
         }
     }
@@ -409,26 +421,30 @@ fn run_k4n2(id: u32) {
                 b0 += g0;
                 let g1 = dy4(g, nt * 8u + 4u);
                 b1 += g1;
+                var x0 = vec4<f32>(0.0);
                 if (v0) {
                     let xb = u32(m0) * p.kin;
-                    let x0 = vec4<f32>(x[xb + ci0.x], x[xb + ci0.y], x[xb + ci0.z], x[xb + ci0.w]);
-                    a0_0 += outer(x0, g0); a0_1 += outer(x0, g1);
+                    x0 = vec4<f32>(x[xb + ci0.x], x[xb + ci0.y], x[xb + ci0.z], x[xb + ci0.w]);
                 }
+                a0_0 += outer(x0, g0); a0_1 += outer(x0, g1);
+                var x1 = vec4<f32>(0.0);
                 if (v1) {
                     let xb = u32(m1) * p.kin;
-                    let x1 = vec4<f32>(x[xb + ci1.x], x[xb + ci1.y], x[xb + ci1.z], x[xb + ci1.w]);
-                    a1_0 += outer(x1, g0); a1_1 += outer(x1, g1);
+                    x1 = vec4<f32>(x[xb + ci1.x], x[xb + ci1.y], x[xb + ci1.z], x[xb + ci1.w]);
                 }
+                a1_0 += outer(x1, g0); a1_1 += outer(x1, g1);
+                var x2 = vec4<f32>(0.0);
                 if (v2) {
                     let xb = u32(m2) * p.kin;
-                    let x2 = vec4<f32>(x[xb + ci2.x], x[xb + ci2.y], x[xb + ci2.z], x[xb + ci2.w]);
-                    a2_0 += outer(x2, g0); a2_1 += outer(x2, g1);
+                    x2 = vec4<f32>(x[xb + ci2.x], x[xb + ci2.y], x[xb + ci2.z], x[xb + ci2.w]);
                 }
+                a2_0 += outer(x2, g0); a2_1 += outer(x2, g1);
+                var x3 = vec4<f32>(0.0);
                 if (v3) {
                     let xb = u32(m3) * p.kin;
-                    let x3 = vec4<f32>(x[xb + ci3.x], x[xb + ci3.y], x[xb + ci3.z], x[xb + ci3.w]);
-                    a3_0 += outer(x3, g0); a3_1 += outer(x3, g1);
+                    x3 = vec4<f32>(x[xb + ci3.x], x[xb + ci3.y], x[xb + ci3.z], x[xb + ci3.w]);
                 }
+                a3_0 += outer(x3, g0); a3_1 += outer(x3, g1);
             }
         }
     } else {
@@ -448,22 +464,26 @@ fn run_k4n2(id: u32) {
                 b0 += g0;
                 let g1 = dy4(g, nt * 8u + 4u);
                 b1 += g1;
+                var x0 = vec4<f32>(0.0);
                 if (v0) {
-                    let x0 = xs4(m0, ci0);
-                    a0_0 += outer(x0, g0); a0_1 += outer(x0, g1);
+                    x0 = xs4(m0, ci0);
                 }
+                a0_0 += outer(x0, g0); a0_1 += outer(x0, g1);
+                var x1 = vec4<f32>(0.0);
                 if (v1) {
-                    let x1 = xs4(m1, ci1);
-                    a1_0 += outer(x1, g0); a1_1 += outer(x1, g1);
+                    x1 = xs4(m1, ci1);
                 }
+                a1_0 += outer(x1, g0); a1_1 += outer(x1, g1);
+                var x2 = vec4<f32>(0.0);
                 if (v2) {
-                    let x2 = xs4(m2, ci2);
-                    a2_0 += outer(x2, g0); a2_1 += outer(x2, g1);
+                    x2 = xs4(m2, ci2);
                 }
+                a2_0 += outer(x2, g0); a2_1 += outer(x2, g1);
+                var x3 = vec4<f32>(0.0);
                 if (v3) {
-                    let x3 = xs4(m3, ci3);
-                    a3_0 += outer(x3, g0); a3_1 += outer(x3, g1);
+                    x3 = xs4(m3, ci3);
                 }
+                a3_0 += outer(x3, g0); a3_1 += outer(x3, g1);
             }
         }
     }
@@ -539,26 +559,30 @@ fn run_k4n4(id: u32) {
                 b2 += g2;
                 let g3 = dy4(g, nt * 16u + 12u);
                 b3 += g3;
+                var x0 = vec4<f32>(0.0);
                 if (v0) {
                     let xb = u32(m0) * p.kin;
-                    let x0 = vec4<f32>(x[xb + ci0.x], x[xb + ci0.y], x[xb + ci0.z], x[xb + ci0.w]);
-                    a0_0 += outer(x0, g0); a0_1 += outer(x0, g1); a0_2 += outer(x0, g2); a0_3 += outer(x0, g3);
+                    x0 = vec4<f32>(x[xb + ci0.x], x[xb + ci0.y], x[xb + ci0.z], x[xb + ci0.w]);
                 }
+                a0_0 += outer(x0, g0); a0_1 += outer(x0, g1); a0_2 += outer(x0, g2); a0_3 += outer(x0, g3);
+                var x1 = vec4<f32>(0.0);
                 if (v1) {
                     let xb = u32(m1) * p.kin;
-                    let x1 = vec4<f32>(x[xb + ci1.x], x[xb + ci1.y], x[xb + ci1.z], x[xb + ci1.w]);
-                    a1_0 += outer(x1, g0); a1_1 += outer(x1, g1); a1_2 += outer(x1, g2); a1_3 += outer(x1, g3);
+                    x1 = vec4<f32>(x[xb + ci1.x], x[xb + ci1.y], x[xb + ci1.z], x[xb + ci1.w]);
                 }
+                a1_0 += outer(x1, g0); a1_1 += outer(x1, g1); a1_2 += outer(x1, g2); a1_3 += outer(x1, g3);
+                var x2 = vec4<f32>(0.0);
                 if (v2) {
                     let xb = u32(m2) * p.kin;
-                    let x2 = vec4<f32>(x[xb + ci2.x], x[xb + ci2.y], x[xb + ci2.z], x[xb + ci2.w]);
-                    a2_0 += outer(x2, g0); a2_1 += outer(x2, g1); a2_2 += outer(x2, g2); a2_3 += outer(x2, g3);
+                    x2 = vec4<f32>(x[xb + ci2.x], x[xb + ci2.y], x[xb + ci2.z], x[xb + ci2.w]);
                 }
+                a2_0 += outer(x2, g0); a2_1 += outer(x2, g1); a2_2 += outer(x2, g2); a2_3 += outer(x2, g3);
+                var x3 = vec4<f32>(0.0);
                 if (v3) {
                     let xb = u32(m3) * p.kin;
-                    let x3 = vec4<f32>(x[xb + ci3.x], x[xb + ci3.y], x[xb + ci3.z], x[xb + ci3.w]);
-                    a3_0 += outer(x3, g0); a3_1 += outer(x3, g1); a3_2 += outer(x3, g2); a3_3 += outer(x3, g3);
+                    x3 = vec4<f32>(x[xb + ci3.x], x[xb + ci3.y], x[xb + ci3.z], x[xb + ci3.w]);
                 }
+                a3_0 += outer(x3, g0); a3_1 += outer(x3, g1); a3_2 += outer(x3, g2); a3_3 += outer(x3, g3);
             }
         }
     } else {
@@ -582,22 +606,26 @@ fn run_k4n4(id: u32) {
                 b2 += g2;
                 let g3 = dy4(g, nt * 16u + 12u);
                 b3 += g3;
+                var x0 = vec4<f32>(0.0);
                 if (v0) {
-                    let x0 = xs4(m0, ci0);
-                    a0_0 += outer(x0, g0); a0_1 += outer(x0, g1); a0_2 += outer(x0, g2); a0_3 += outer(x0, g3);
+                    x0 = xs4(m0, ci0);
                 }
+                a0_0 += outer(x0, g0); a0_1 += outer(x0, g1); a0_2 += outer(x0, g2); a0_3 += outer(x0, g3);
+                var x1 = vec4<f32>(0.0);
                 if (v1) {
-                    let x1 = xs4(m1, ci1);
-                    a1_0 += outer(x1, g0); a1_1 += outer(x1, g1); a1_2 += outer(x1, g2); a1_3 += outer(x1, g3);
+                    x1 = xs4(m1, ci1);
                 }
+                a1_0 += outer(x1, g0); a1_1 += outer(x1, g1); a1_2 += outer(x1, g2); a1_3 += outer(x1, g3);
+                var x2 = vec4<f32>(0.0);
                 if (v2) {
-                    let x2 = xs4(m2, ci2);
-                    a2_0 += outer(x2, g0); a2_1 += outer(x2, g1); a2_2 += outer(x2, g2); a2_3 += outer(x2, g3);
+                    x2 = xs4(m2, ci2);
                 }
+                a2_0 += outer(x2, g0); a2_1 += outer(x2, g1); a2_2 += outer(x2, g2); a2_3 += outer(x2, g3);
+                var x3 = vec4<f32>(0.0);
                 if (v3) {
-                    let x3 = xs4(m3, ci3);
-                    a3_0 += outer(x3, g0); a3_1 += outer(x3, g1); a3_2 += outer(x3, g2); a3_3 += outer(x3, g3);
+                    x3 = xs4(m3, ci3);
                 }
+                a3_0 += outer(x3, g0); a3_1 += outer(x3, g1); a3_2 += outer(x3, g2); a3_3 += outer(x3, g3);
             }
         }
     }

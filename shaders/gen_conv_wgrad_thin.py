@@ -165,14 +165,17 @@ def tile(kg, ng):
             a(f"                let g{j} = dy4(g, nt * {4 * ng}u + {4 * j}u);")
             a(f"                b{j} += g{j};")
         for i in ks:
+            # only the loads are conditional: an accumulator written in a branch costs
+            # llvmpipe a blend per component
+            a(f"                var x{i} = vec4<f32>(0.0);")
             a(f"                if (v{i}) {{")
             if aligned:
                 a(f"                    let xb = u32(m{i}) * p.kin;")
-                a(f"                    let x{i} = vec4<f32>(x[xb + ci{i}.x], x[xb + ci{i}.y], x[xb + ci{i}.z], x[xb + ci{i}.w]);")
+                a(f"                    x{i} = vec4<f32>(x[xb + ci{i}.x], x[xb + ci{i}.y], x[xb + ci{i}.z], x[xb + ci{i}.w]);")
             else:
-                a(f"                    let x{i} = xs4(m{i}, ci{i});")
-            a("                    " + " ".join(f"a{i}_{j} += outer(x{i}, g{j});" for j in ns))
+                a(f"                    x{i} = xs4(m{i}, ci{i});")
             a("                }")
+            a("                " + " ".join(f"a{i}_{j} += outer(x{i}, g{j});" for j in ns))
         a("            }")
         a("        }")
     a("    }")

@@ -60,7 +60,7 @@ pub(crate) struct WgradTile {
     pub k: usize,
     pub n: usize,
     pub flat: bool,
-    /// conv_wgrad_thin.wgsl: many splits, fused bias partials (see `conv_weight_grad`).
+    /// conv_wgrad_thin.wgsl: many splits, fused bias partials (see `super::thin`).
     pub thin: bool,
 }
 

@@ -63,6 +63,12 @@ fn masks() -> Vec<(&'static str, PatchMask)> {
 /// Forward, data gradient and weight gradient of one case on the GPU against the CPU.
 #[allow(clippy::too_many_arguments)]
 fn check_case(ctx: &GpuContext, geo: &Geo, mask: &PatchMask, cin: usize, cout: usize, bias: bool, acc: bool, seed: u64, what: &str) {
+    check_case_tol(ctx, geo, mask, cin, cout, bias, acc, seed, what, 1e-5);
+}
+
+/// `check_case` with relative tolerance `tol`.
+#[allow(clippy::too_many_arguments)]
+fn check_case_tol(ctx: &GpuContext, geo: &Geo, mask: &PatchMask, cin: usize, cout: usize, bias: bool, acc: bool, seed: u64, what: &str, tol: f64) {
     let (inp, out, map) = sets(geo, mask);
     let inv = inverse_map(&map, inp.rows());
     let taps = geo.win.taps();
@@ -90,12 +96,12 @@ fn check_case(ctx: &GpuContext, geo: &Geo, mask: &PatchMask, cin: usize, cout: u
     let want_y = base(&y0, conv_forward_ref(&x, &map, &w, l, bias.then_some(&b[..]), s));
     let want_dx = base(&dx0, conv_data_grad_ref(&g, &map, &w, l, s));
     let (want_dw, want_db) = conv_weight_grad_ref(&x, &map, &g, l, s);
-    assert_close(&ctx.read_f32(&yt).unwrap(), &want_y, 1e-5, &format!("{what}: forward"));
-    assert_close(&ctx.read_f32(&dxt).unwrap(), &want_dx, 1e-5, &format!("{what}: data gradient"));
-    assert_close(&ctx.read_f32(&dwt).unwrap(), &want_dw, 1e-5, &format!("{what}: weight gradient"));
+    assert_close(&ctx.read_f32(&yt).unwrap(), &want_y, tol, &format!("{what}: forward"));
+    assert_close(&ctx.read_f32(&dxt).unwrap(), &want_dx, tol, &format!("{what}: data gradient"));
+    assert_close(&ctx.read_f32(&dwt).unwrap(), &want_dw, tol, &format!("{what}: weight gradient"));
     let db = ctx.read_f32(&dbt).unwrap();
     if bias {
-        assert_close(&db, &want_db, 1e-5, &format!("{what}: bias gradient"));
+        assert_close(&db, &want_db, tol, &format!("{what}: bias gradient"));
     } else {
         assert_eq!(db, vec![9.0; cout], "{what}: bias gradient written without a bias");
     }
@@ -186,7 +192,9 @@ fn thin_layers_match_cpu() {
                     FORCE_TILE.with(|f| f.set(None));
                     FORCE_WGRAD.with(|f| f.set(force));
                     let what = format!("{} ({cin}->{cout}, bias {bias}, accumulate {acc}, {force:?})", geo.name);
-                    check_case(&ctx, geo, &mask, cin, cout, bias, acc, seed, &what);
+                    // Sums over ~3000 rows in f32 with cancellation, and with one or two
+                    // output channels the error is relative to a single sum.
+                    check_case_tol(&ctx, geo, &mask, cin, cout, bias, acc, seed, &what, 5e-5);
                     seed += 10;
                 }
             }
@@ -197,7 +205,7 @@ fn thin_layers_match_cpu() {
     let geo = &geos[0];
     for force in THIN_TILES {
         FORCE_WGRAD.with(|f| f.set(Some(*force)));
-        check_case(&ctx, geo, &mask, 36, 13, true, false, seed, &format!("{} (36->13, {force:?})", geo.name));
+        check_case_tol(&ctx, geo, &mask, 36, 13, true, false, seed, &format!("{} (36->13, {force:?})", geo.name), 5e-5);
         seed += 10;
     }
     FORCE_WGRAD.with(|f| f.set(None));
