@@ -52,7 +52,6 @@ pub struct SparkModel<'c> {
     /// Reconstruction `[B, H, W, 3]`.
     pub rec: Var,
     pub optimizer: Option<Lamb>,
-    mask: Option<PatchMask>,
     /// `graph.forward[..encoder_forward]` is the encoder.
     pub encoder_forward: usize,
     /// `graph.backward[encoder_backward..]` is the encoder's backward.
@@ -220,7 +219,6 @@ impl<'c> SparkModel<'c> {
             features,
             rec,
             optimizer,
-            mask: None,
             encoder_forward,
             encoder_backward,
             drop_path_seed: options.seed,
@@ -248,7 +246,6 @@ impl<'c> SparkModel<'c> {
         ctx.write(&self.image, images_bhwc);
         let vis: Vec<u32> = mask.visible.iter().map(|&v| (v != 0) as u32).collect();
         ctx.write(&self.visible, &vis);
-        self.mask = Some(mask.clone());
         Ok(())
     }
 
