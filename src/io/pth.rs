@@ -10,7 +10,6 @@
 
 use super::tensors::{HostData, HostTensor, TensorMap};
 use anyhow::{Context, Result, anyhow, bail};
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
@@ -158,8 +157,9 @@ impl Global {
     }
 }
 
-/// A global outside the allow-list (kept as its own type so the message reaches the caller
-/// without the opcode context around it).
+/// Why a file is refused outright (a global outside the allow-list, the cost budget, the
+/// nesting bound). Kept as its own type so the message, which names the file and the
+/// reason, reaches the user without the opcode context around it.
 #[derive(Debug)]
 struct Refused(String);
 
@@ -170,6 +170,80 @@ impl std::fmt::Display for Refused {
 }
 
 impl std::error::Error for Refused {}
+
+/// What unpickling one file may cost, in bytes allocated plus elements touched:
+/// `BUDGET_PER_FILE_BYTE` × the file's size + `BUDGET_BASE`. An honest `torch.save` file
+/// costs about 3× its size (the storage bytes, the gathered tensors, their owned copies; 4×
+/// when f16 widens to f32) plus ~100 bytes per container, so 32× leaves a wide margin,
+/// while a pickle whose memo references would be copied out (`a = [a, a]` 60 times is
+/// 1.7 KB and 2^60 nodes), a stride-0 view claiming terabytes or a deflate bomb is refused
+/// at a bound the user can predict from the file's size. The base lets a small file hold a
+/// few hundred thousand nodes.
+const BUDGET_PER_FILE_BYTE: u64 = 32;
+const BUDGET_BASE: u64 = 64 << 20;
+
+/// Cost charged per container, string or other node (about its size in memory).
+const NODE_COST: u64 = 64;
+
+/// Deepest container nesting accepted. Checkpoints nest 3–5 levels (checkpoint → optimizer
+/// → state → index → tensor); 256 is far beyond any honest file and keeps the nested
+/// [`PickleValue`] handed to callers shallow enough that dropping or comparing it (both
+/// recursive) cannot overflow a 2 MiB thread stack. The unpickler itself never recurses.
+pub const MAX_PICKLE_DEPTH: usize = 256;
+
+struct Budget {
+    limit: u64,
+    used: u64,
+    file: String,
+    file_len: u64,
+}
+
+impl Budget {
+    fn for_file(file: &str, file_len: u64) -> Self {
+        let limit = file_len.saturating_mul(BUDGET_PER_FILE_BYTE).saturating_add(BUDGET_BASE);
+        Budget { limit, used: 0, file: file.to_string(), file_len }
+    }
+
+    fn charge(&mut self, n: u64) -> Result<()> {
+        self.used = self.used.saturating_add(n);
+        if self.used > self.limit {
+            return Err(Refused(format!(
+                "refusing {}: loading it would take more than {} MiB of memory and work, the budget of a \
+                 {}-byte file ({BUDGET_PER_FILE_BYTE} × its size + {} MiB): its pickle expands far beyond its size \
+                 (shared references copied out, or a tensor larger than its storage), which no torch.save file does",
+                self.file,
+                self.limit >> 20,
+                self.file_len,
+                BUDGET_BASE >> 20
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    fn too_deep(&self) -> anyhow::Error {
+        Refused(format!(
+            "refusing {}: its pickle nests containers deeper than {MAX_PICKLE_DEPTH} levels (or contains itself), \
+             which no torch.save checkpoint does",
+            self.file
+        ))
+        .into()
+    }
+}
+
+/// Reads a zip entry whose header declares `declared` bytes, charging them first so that a
+/// deflate bomb is refused before it is inflated. Reads at most one byte more than
+/// declared: enough for the zip reader to reach the entry's end, where it checks the CRC,
+/// and to notice an entry that inflates past its declared size.
+fn read_entry(e: impl Read, declared: u64, budget: &mut Budget, what: &str) -> Result<Vec<u8>> {
+    budget.charge(declared)?;
+    let mut bytes = Vec::with_capacity(declared.min(1 << 30) as usize);
+    e.take(declared.saturating_add(1)).read_to_end(&mut bytes).with_context(|| format!("{what} is truncated or corrupt"))?;
+    if bytes.len() as u64 > declared {
+        bail!("{what} is corrupt: it holds more than the {declared} bytes its header declares");
+    }
+    Ok(bytes)
+}
 
 struct Storage {
     elem: Elem,
@@ -182,82 +256,61 @@ struct Obj {
     state: Option<V>,
 }
 
-/// The unpickler's working values. Lists, dicts and objects are shared and mutable as in
-/// Python: the memo and the stack may hold the same dict while SETITEMS fills it.
-#[derive(Clone)]
+/// Index of a node in the unpickler's store.
+type Id = usize;
+
+/// A working value: a scalar, or a reference to a node of the store. Lists, dicts and
+/// objects are shared and mutable as in Python (the memo and the stack may hold the same
+/// dict while SETITEMS fills it); a memo reference copies the index, never the node, and
+/// nodes are freed all at once with the store, so a deep or cyclic graph cannot recurse.
+#[derive(Clone, Copy, Debug)]
 enum V {
     None,
     Bool(bool),
     Int(i64),
     Float(f64),
+    Ref(Id),
+}
+
+enum Node {
     Str(Rc<str>),
     Bytes(Rc<[u8]>),
-    List(Rc<RefCell<Vec<V>>>),
-    Tuple(Rc<[V]>),
-    Dict(Rc<RefCell<Vec<(V, V)>>>),
-    Tensor(Rc<HostTensor>),
+    List(Vec<V>),
+    Tuple(Vec<V>),
+    Dict(Dict),
+    Tensor(HostTensor),
     Global(Global),
-    Storage(Rc<Storage>),
-    Object(Rc<RefCell<Obj>>),
+    Storage(Storage),
+    Object(Obj),
 }
 
-impl V {
-    fn kind(&self) -> &'static str {
-        match self {
-            V::None => "None",
-            V::Bool(_) => "bool",
-            V::Int(_) => "int",
-            V::Float(_) => "float",
-            V::Str(_) => "str",
-            V::Bytes(_) => "bytes",
-            V::List(_) => "list",
-            V::Tuple(_) => "tuple",
-            V::Dict(_) => "dict",
-            V::Tensor(_) => "tensor",
-            V::Global(_) => "global",
-            V::Storage(_) => "storage",
-            V::Object(_) => "object",
-        }
-    }
-
-    /// Key equality for dict assignment (scalars and tuples of scalars, as Python hashes).
-    fn key_eq(&self, other: &V) -> bool {
-        match (self, other) {
-            (V::None, V::None) => true,
-            (V::Bool(a), V::Bool(b)) => a == b,
-            (V::Int(a), V::Int(b)) => a == b,
-            (V::Float(a), V::Float(b)) => a == b,
-            (V::Str(a), V::Str(b)) => a == b,
-            (V::Bytes(a), V::Bytes(b)) => a == b,
-            (V::Tuple(a), V::Tuple(b)) => a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x.key_eq(y)),
-            _ => false,
-        }
-    }
-
-    fn int(&self, what: &str) -> Result<i64> {
-        match self {
-            V::Int(i) => Ok(*i),
-            V::Bool(b) => Ok(*b as i64),
-            v => bail!("{what}: expected int, found {}", v.kind()),
-        }
-    }
-
-    fn usize_tuple(&self, what: &str) -> Result<Vec<usize>> {
-        let items: Vec<V> = match self {
-            V::Tuple(t) => t.to_vec(),
-            V::List(l) => l.borrow().clone(),
-            v => bail!("{what}: expected tuple, found {}", v.kind()),
-        };
-        items.iter().map(|x| usize::try_from(x.int(what)?).map_err(|_| anyhow!("{what}: negative value"))).collect()
-    }
+struct Entry {
+    node: Node,
+    /// Nesting depth when created (containers: 1 + deepest child), raised when a child is
+    /// added. Not propagated to the containers that already hold this one: conversion
+    /// checks the real depth along every path.
+    depth: usize,
 }
 
-fn dict_set(d: &RefCell<Vec<(V, V)>>, k: V, v: V) {
-    let mut d = d.borrow_mut();
-    match d.iter_mut().find(|(old, _)| old.key_eq(&k)) {
-        Some(slot) => slot.1 = v,
-        None => d.push((k, v)),
-    }
+/// A dict in insertion order, with a hash index on its keys: assignment is O(key size),
+/// not a scan, so a million-key dict cannot take a trillion comparisons.
+#[derive(Default)]
+struct Dict {
+    items: Vec<(V, V)>,
+    index: HashMap<Key, usize>,
+}
+
+/// The hashable form of a dict key (scalars, strings, bytes and tuples of those, as Python
+/// hashes). Int and float keys do not compare equal to each other (torch never mixes them).
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(u64),
+    Str(Rc<str>),
+    Bytes(Rc<[u8]>),
+    Tuple(Vec<Key>),
 }
 
 /// Calls `f` with the storage element index of every tensor element, in row-major order.
@@ -290,7 +343,7 @@ fn for_each_index(offset: usize, size: &[usize], stride: &[usize], mut f: impl F
 }
 
 /// Materialises a strided view of `storage` as a row-major host tensor.
-fn gather(storage: &Storage, offset: usize, size: &[usize], stride: &[usize]) -> Result<HostTensor> {
+fn gather(storage: &Storage, offset: usize, size: &[usize], stride: &[usize], budget: &mut Budget) -> Result<HostTensor> {
     if size.len() != stride.len() {
         bail!("tensor size {size:?} and stride {stride:?} differ in rank");
     }
@@ -307,6 +360,13 @@ fn gather(storage: &Storage, offset: usize, size: &[usize], stride: &[usize]) ->
             bail!("tensor view (offset {offset}, size {size:?}, stride {stride:?}) reaches element {last} of a {avail}-element storage");
         }
     }
+    // Charged before allocating: a stride-0 view of one element may claim any size.
+    let out_size: u64 = match storage.elem {
+        Elem::F64 | Elem::I64 | Elem::I32 | Elem::I16 | Elem::I8 => 8,
+        Elem::F32 | Elem::F16 | Elem::BF16 => 4,
+        Elem::U8 | Elem::Bool => 1,
+    };
+    budget.charge(NODE_COST + (numel as u64).saturating_mul(out_size))?;
     let b = &storage.bytes;
     fn collect<T>(numel: usize, offset: usize, size: &[usize], stride: &[usize], at: impl Fn(usize) -> T) -> Vec<T> {
         let mut v = Vec::with_capacity(numel);
@@ -334,9 +394,11 @@ struct Unpickler<'a, R: Read + Seek> {
     stack: Vec<V>,
     marks: Vec<usize>,
     memo: HashMap<u32, V>,
+    store: Vec<Entry>,
+    budget: Budget,
     zip: &'a mut ZipArchive<R>,
     prefix: String,
-    storages: HashMap<String, Rc<Storage>>,
+    storages: HashMap<String, Id>,
     file: &'a str,
 }
 
@@ -374,15 +436,173 @@ impl<'a, R: Read + Seek> Unpickler<'a, R> {
 
     fn string(&mut self, n: usize) -> Result<V> {
         let b = self.take(n)?;
-        Ok(V::Str(std::str::from_utf8(b).context("string is not UTF-8")?.into()))
+        let s = std::str::from_utf8(b).context("string is not UTF-8")?;
+        self.alloc(Node::Str(s.into()))
+    }
+
+    fn node(&self, v: V) -> Option<&Node> {
+        match v {
+            V::Ref(id) => Some(&self.store[id].node),
+            _ => None,
+        }
+    }
+
+    fn kind(&self, v: V) -> &'static str {
+        match v {
+            V::None => "None",
+            V::Bool(_) => "bool",
+            V::Int(_) => "int",
+            V::Float(_) => "float",
+            V::Ref(id) => match &self.store[id].node {
+                Node::Str(_) => "str",
+                Node::Bytes(_) => "bytes",
+                Node::List(_) => "list",
+                Node::Tuple(_) => "tuple",
+                Node::Dict(_) => "dict",
+                Node::Tensor(_) => "tensor",
+                Node::Global(_) => "global",
+                Node::Storage(_) => "storage",
+                Node::Object(_) => "object",
+            },
+        }
+    }
+
+    fn depth(&self, v: V) -> usize {
+        match v {
+            V::Ref(id) => self.store[id].depth,
+            _ => 0,
+        }
+    }
+
+    /// Adds a node to the store, charging its size and checking its nesting.
+    fn alloc(&mut self, node: Node) -> Result<V> {
+        let (payload, depth) = match &node {
+            Node::Str(s) => (s.len() as u64, 0),
+            Node::Bytes(b) => (b.len() as u64, 0),
+            Node::List(items) | Node::Tuple(items) => (16 * items.len() as u64, 1 + items.iter().map(|&v| self.depth(v)).max().unwrap_or(0)),
+            Node::Dict(d) => (64 * d.items.len() as u64, 1 + d.items.iter().map(|&(k, v)| self.depth(k).max(self.depth(v))).max().unwrap_or(0)),
+            // Charged by gather() / read_entry() before their bytes were allocated.
+            Node::Tensor(_) | Node::Storage(_) | Node::Global(_) => (0, 0),
+            Node::Object(o) => (
+                16 * o.args.len() as u64,
+                1 + o.args.iter().chain(&o.state).map(|&v| self.depth(v)).max().unwrap_or(0),
+            ),
+        };
+        self.budget.charge(NODE_COST + payload)?;
+        if depth > MAX_PICKLE_DEPTH {
+            return Err(self.budget.too_deep());
+        }
+        self.store.push(Entry { node, depth });
+        Ok(V::Ref(self.store.len() - 1))
+    }
+
+    /// Records that container `id` now holds `child`.
+    fn deepen(&mut self, id: Id, child: V) -> Result<()> {
+        let d = self.depth(child) + 1;
+        let e = &mut self.store[id];
+        e.depth = e.depth.max(d);
+        if e.depth > MAX_PICKLE_DEPTH {
+            return Err(self.budget.too_deep());
+        }
+        Ok(())
+    }
+
+    /// The hashable form of `v`, or None for an unhashable key (a list, dict, tensor, or a
+    /// NaN, which equals nothing): such a key never replaces an earlier one.
+    fn key(&mut self, v: V) -> Result<Option<Key>> {
+        Ok(Some(match v {
+            V::None => Key::None,
+            V::Bool(b) => Key::Bool(b),
+            V::Int(i) => Key::Int(i),
+            V::Float(f) if f.is_nan() => return Ok(None),
+            // 0.0 == -0.0 as keys.
+            V::Float(f) => Key::Float(if f == 0.0 { 0 } else { f.to_bits() }),
+            V::Ref(id) => match &self.store[id].node {
+                Node::Str(s) => {
+                    let s = s.clone();
+                    self.budget.charge(s.len() as u64 + 1)?; // hashing it
+                    Key::Str(s)
+                }
+                Node::Bytes(b) => {
+                    let b = b.clone();
+                    self.budget.charge(b.len() as u64 + 1)?;
+                    Key::Bytes(b)
+                }
+                Node::Tuple(items) => {
+                    // Tuples are immutable, so their recorded depth is exact and this
+                    // recursion is bounded by MAX_PICKLE_DEPTH.
+                    let items = items.clone();
+                    self.budget.charge(NODE_COST + 16 * items.len() as u64)?;
+                    let mut keys = Vec::with_capacity(items.len());
+                    for x in items {
+                        match self.key(x)? {
+                            Some(k) => keys.push(k),
+                            None => return Ok(None),
+                        }
+                    }
+                    Key::Tuple(keys)
+                }
+                _ => return Ok(None),
+            },
+        }))
+    }
+
+    fn dict_set(&mut self, id: Id, k: V, v: V) -> Result<()> {
+        let key = self.key(k)?;
+        self.budget.charge(64)?;
+        self.deepen(id, k)?;
+        self.deepen(id, v)?;
+        let Node::Dict(d) = &mut self.store[id].node else { unreachable!("dict_set on a non-dict") };
+        match key {
+            Some(key) => match d.index.get(&key) {
+                Some(&i) => d.items[i].1 = v,
+                None => {
+                    d.index.insert(key, d.items.len());
+                    d.items.push((k, v));
+                }
+            },
+            None => d.items.push((k, v)),
+        }
+        Ok(())
+    }
+
+    fn new_dict(&mut self) -> Result<Id> {
+        match self.alloc(Node::Dict(Dict::default()))? {
+            V::Ref(id) => Ok(id),
+            _ => unreachable!(),
+        }
+    }
+
+    fn int(&self, v: V, what: &str) -> Result<i64> {
+        match v {
+            V::Int(i) => Ok(i),
+            V::Bool(b) => Ok(b as i64),
+            v => bail!("{what}: expected int, found {}", self.kind(v)),
+        }
+    }
+
+    fn usize_tuple(&mut self, v: V, what: &str) -> Result<Vec<usize>> {
+        let items = match self.node(v) {
+            Some(Node::Tuple(t) | Node::List(t)) => t.clone(),
+            _ => bail!("{what}: expected tuple, found {}", self.kind(v)),
+        };
+        self.budget.charge(8 * items.len() as u64)?;
+        items.iter().map(|&x| usize::try_from(self.int(x, what)?).map_err(|_| anyhow!("{what}: negative value"))).collect()
+    }
+
+    fn str_of(&self, v: V) -> Option<Rc<str>> {
+        match self.node(v) {
+            Some(Node::Str(s)) => Some(s.clone()),
+            _ => None,
+        }
     }
 
     fn pop(&mut self) -> Result<V> {
         self.stack.pop().context("pickle stack underflow")
     }
 
-    fn top(&self) -> Result<&V> {
-        self.stack.last().context("pickle stack underflow")
+    fn top(&self) -> Result<V> {
+        self.stack.last().copied().context("pickle stack underflow")
     }
 
     fn pop_mark(&mut self) -> Result<Vec<V>> {
@@ -395,81 +615,105 @@ impl<'a, R: Read + Seek> Unpickler<'a, R> {
 
     fn global(&mut self, module: &str, name: &str) -> Result<V> {
         match Global::lookup(module, name) {
-            Some(g) => Ok(V::Global(g)),
+            Some(g) => self.alloc(Node::Global(g)),
             None => Err(Refused(format!("refusing pickle global {module}.{name} in {}: only tensors and plain containers are loaded", self.file)).into()),
         }
     }
 
     fn storage(&mut self, pid: V) -> Result<V> {
-        let V::Tuple(t) = &pid else { bail!("persistent id is a {}, expected a tuple", pid.kind()) };
-        let (tag, ty, key) = match &t[..] {
-            [V::Str(tag), ty, V::Str(key), _location, _numel] => (tag, ty, key),
-            _ => bail!("unsupported persistent id (expected ('storage', type, key, location, numel))"),
+        let Some(Node::Tuple(t)) = self.node(pid) else { bail!("persistent id is a {}, expected a tuple", self.kind(pid)) };
+        let t = t.clone();
+        let [tag, ty, key, _location, numel] = t[..] else {
+            bail!("unsupported persistent id (expected ('storage', type, key, location, numel))")
         };
-        if &**tag != "storage" {
+        let (Some(tag), Some(key)) = (self.str_of(tag), self.str_of(key)) else {
+            bail!("unsupported persistent id (expected ('storage', type, key, location, numel))")
+        };
+        if &*tag != "storage" {
             bail!("unsupported persistent id kind {tag:?}");
         }
-        let V::Global(Global::Storage(elem)) = ty else { bail!("persistent id storage type is a {}, not a torch storage class", ty.kind()) };
-        let numel = usize::try_from(t[4].int("storage numel")?).context("negative storage numel")?;
-        if let Some(s) = self.storages.get(&**key) {
-            if s.elem != *elem {
+        let Some(&Node::Global(Global::Storage(elem))) = self.node(ty) else {
+            bail!("persistent id storage type is a {}, not a torch storage class", self.kind(ty))
+        };
+        let numel = usize::try_from(self.int(numel, "storage numel")?).context("negative storage numel")?;
+        self.budget.charge(key.len() as u64)?; // the lookup
+        if let Some(&id) = self.storages.get(&*key) {
+            let Node::Storage(s) = &self.store[id].node else { unreachable!() };
+            if s.elem != elem {
                 bail!("storage {key} used with two element types");
             }
-            return Ok(V::Storage(s.clone()));
+            return Ok(V::Ref(id));
         }
         let entry = format!("{}data/{key}", self.prefix);
-        let mut f = self.zip.by_name(&entry).with_context(|| format!("missing storage entry {entry}"))?;
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes).with_context(|| format!("entry {entry} is truncated or corrupt"))?;
+        let f = self.zip.by_name(&entry).with_context(|| format!("missing storage entry {entry}"))?;
+        let declared = f.size();
+        let bytes = read_entry(f, declared, &mut self.budget, &format!("entry {entry}"))?;
         let need = numel.checked_mul(elem.size()).context("storage size overflows")?;
         if bytes.len() < need {
             bail!("entry {entry} holds {} bytes, its storage needs {need} (truncated or corrupt)", bytes.len());
         }
-        let s = Rc::new(Storage { elem: *elem, bytes });
-        self.storages.insert(key.to_string(), s.clone());
-        Ok(V::Storage(s))
+        let v = self.alloc(Node::Storage(Storage { elem, bytes }))?;
+        let V::Ref(id) = v else { unreachable!() };
+        self.storages.insert(key.to_string(), id);
+        Ok(v)
     }
 
-    fn call(&mut self, g: Global, args: &[V]) -> Result<V> {
+    fn call(&mut self, g: Global, args: Vec<V>) -> Result<V> {
         match g {
             Global::RebuildTensorV2 => {
                 // (storage, storage_offset, size, stride, requires_grad, backward_hooks[, metadata])
-                let ([V::Storage(s), _, _, _, _, _] | [V::Storage(s), _, _, _, _, _, _]) = args else {
-                    bail!("_rebuild_tensor_v2: expected (storage, offset, size, stride, requires_grad, hooks)")
+                let storage = match args[..] {
+                    [s, _, _, _, _, _] | [s, _, _, _, _, _, _] if matches!(self.node(s), Some(Node::Storage(_))) => s,
+                    _ => bail!("_rebuild_tensor_v2: expected (storage, offset, size, stride, requires_grad, hooks)"),
                 };
-                let offset = usize::try_from(args[1].int("storage_offset")?).context("negative storage offset")?;
-                let size = args[2].usize_tuple("size")?;
-                let stride = args[3].usize_tuple("stride")?;
-                Ok(V::Tensor(Rc::new(gather(s, offset, &size, &stride)?)))
+                let offset = usize::try_from(self.int(args[1], "storage_offset")?).context("negative storage offset")?;
+                let size = self.usize_tuple(args[2], "size")?;
+                let stride = self.usize_tuple(args[3], "stride")?;
+                let V::Ref(sid) = storage else { unreachable!() };
+                let Node::Storage(s) = &self.store[sid].node else { unreachable!() };
+                let t = gather(s, offset, &size, &stride, &mut self.budget)?;
+                self.alloc(Node::Tensor(t))
             }
-            Global::RebuildParameter => match args {
-                [V::Tensor(t), ..] => Ok(V::Tensor(t.clone())),
+            Global::RebuildParameter => match args.first() {
+                // The same node: a parameter shares its tensor, as in torch.
+                Some(&t) if matches!(self.node(t), Some(Node::Tensor(_))) => Ok(t),
                 _ => bail!("_rebuild_parameter: expected a tensor"),
             },
             Global::OrderedDict => {
-                let d = Rc::new(RefCell::new(Vec::new()));
-                match args {
+                let d = self.new_dict()?;
+                match args[..] {
                     [] => {}
-                    [V::List(items)] => {
-                        for it in items.borrow().iter() {
-                            match it {
-                                V::Tuple(kv) if kv.len() == 2 => dict_set(&d, kv[0].clone(), kv[1].clone()),
+                    [l] if matches!(self.node(l), Some(Node::List(_))) => {
+                        let Some(Node::List(items)) = self.node(l) else { unreachable!() };
+                        let items = items.clone();
+                        self.budget.charge(16 * items.len() as u64)?;
+                        for it in items {
+                            match self.node(it) {
+                                Some(Node::Tuple(kv)) if kv.len() == 2 => {
+                                    let (k, v) = (kv[0], kv[1]);
+                                    self.dict_set(d, k, v)?;
+                                }
                                 _ => bail!("OrderedDict: items must be (key, value) pairs"),
                             }
                         }
                     }
                     _ => bail!("OrderedDict: unsupported arguments"),
                 }
-                Ok(V::Dict(d))
+                Ok(V::Ref(d))
             }
-            Global::CodecsEncode => match args {
-                [V::Str(s), V::Str(enc)] if &**enc == "latin1" || &**enc == "latin-1" => {
+            Global::CodecsEncode => match args[..] {
+                [s, enc] => {
+                    let (Some(s), Some(enc)) = (self.str_of(s), self.str_of(enc)) else { bail!("_codecs.encode: only (str, 'latin1') is supported") };
+                    if &*enc != "latin1" && &*enc != "latin-1" {
+                        bail!("_codecs.encode: only (str, 'latin1') is supported");
+                    }
+                    self.budget.charge(s.len() as u64)?;
                     let b: Option<Vec<u8>> = s.chars().map(|c| u8::try_from(c as u32).ok()).collect();
-                    Ok(V::Bytes(b.context("_codecs.encode: non-latin1 character")?.into()))
+                    self.alloc(Node::Bytes(b.context("_codecs.encode: non-latin1 character")?.into()))
                 }
                 _ => bail!("_codecs.encode: only (str, 'latin1') is supported"),
             },
-            Global::Device | Global::Namespace => Ok(V::Object(Rc::new(RefCell::new(Obj { class: g, args: args.to_vec(), state: None })))),
+            Global::Device | Global::Namespace => self.alloc(Node::Object(Obj { class: g, args, state: None })),
             Global::Storage(_) => bail!("{} cannot be called, only referenced by a persistent id", g.class_name()),
         }
     }
@@ -506,7 +750,7 @@ impl<'a, R: Read + Seek> Unpickler<'a, R> {
                 self.pop_mark()?;
             }
             b'2' => {
-                let v = self.top()?.clone();
+                let v = self.top()?;
                 self.stack.push(v);
             }
             b'N' => self.stack.push(V::None),
@@ -561,35 +805,48 @@ impl<'a, R: Read + Seek> Unpickler<'a, R> {
                     _ => self.u64()?,
                 };
                 let b = self.take(n)?;
-                self.stack.push(V::Bytes(b.into()));
+                let v = self.alloc(Node::Bytes(b.into()))?;
+                self.stack.push(v);
             }
             b'T' | b'U' => {
                 // Python 2 str: bytes, taken as latin-1 text as Python 3's default does.
                 let n = if op == b'T' { self.u32()? } else { self.u8()? as usize };
                 let b = self.take(n)?;
-                self.stack.push(V::Str(b.iter().map(|&c| c as char).collect::<String>().into()));
+                let v = self.alloc(Node::Str(b.iter().map(|&c| c as char).collect::<String>().into()))?;
+                self.stack.push(v);
             }
-            b'}' => self.stack.push(V::Dict(Rc::default())),
-            b']' => self.stack.push(V::List(Rc::default())),
-            b')' => self.stack.push(V::Tuple(Rc::from(Vec::new()))),
+            b'}' => {
+                let d = self.new_dict()?;
+                self.stack.push(V::Ref(d));
+            }
+            b']' => {
+                let v = self.alloc(Node::List(Vec::new()))?;
+                self.stack.push(v);
+            }
+            b')' => {
+                let v = self.alloc(Node::Tuple(Vec::new()))?;
+                self.stack.push(v);
+            }
             b'd' => {
                 let items = self.pop_mark()?;
                 if items.len() % 2 != 0 {
                     bail!("DICT with an odd number of items");
                 }
-                let d: Rc<RefCell<Vec<(V, V)>>> = Rc::default();
+                let d = self.new_dict()?;
                 for kv in items.chunks(2) {
-                    dict_set(&d, kv[0].clone(), kv[1].clone());
+                    self.dict_set(d, kv[0], kv[1])?;
                 }
-                self.stack.push(V::Dict(d));
+                self.stack.push(V::Ref(d));
             }
             b'l' => {
                 let items = self.pop_mark()?;
-                self.stack.push(V::List(Rc::new(RefCell::new(items))));
+                let v = self.alloc(Node::List(items))?;
+                self.stack.push(v);
             }
             b't' => {
                 let items = self.pop_mark()?;
-                self.stack.push(V::Tuple(items.into()));
+                let v = self.alloc(Node::Tuple(items))?;
+                self.stack.push(v);
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
@@ -597,7 +854,8 @@ impl<'a, R: Read + Seek> Unpickler<'a, R> {
                     bail!("pickle stack underflow");
                 }
                 let items = self.stack.split_off(self.stack.len() - n);
-                self.stack.push(V::Tuple(items.into()));
+                let v = self.alloc(Node::Tuple(items))?;
+                self.stack.push(v);
             }
             b's' | b'u' => {
                 let items = if op == b's' {
@@ -610,16 +868,22 @@ impl<'a, R: Read + Seek> Unpickler<'a, R> {
                 if items.len() % 2 != 0 {
                     bail!("SETITEMS with an odd number of items");
                 }
-                let V::Dict(d) = self.top()? else { bail!("SETITEM on a {}", self.top()?.kind()) };
-                let d = d.clone();
+                let top = self.top()?;
+                let (V::Ref(d), Some(Node::Dict(_))) = (top, self.node(top)) else { bail!("SETITEM on a {}", self.kind(top)) };
                 for kv in items.chunks(2) {
-                    dict_set(&d, kv[0].clone(), kv[1].clone());
+                    self.dict_set(d, kv[0], kv[1])?;
                 }
             }
             b'a' | b'e' => {
                 let items = if op == b'a' { vec![self.pop()?] } else { self.pop_mark()? };
-                let V::List(l) = self.top()? else { bail!("APPEND on a {}", self.top()?.kind()) };
-                l.borrow_mut().extend(items);
+                let top = self.top()?;
+                let (V::Ref(l), Some(Node::List(_))) = (top, self.node(top)) else { bail!("APPEND on a {}", self.kind(top)) };
+                self.budget.charge(16 * items.len() as u64)?;
+                for &v in &items {
+                    self.deepen(l, v)?;
+                }
+                let Node::List(list) = &mut self.store[l].node else { unreachable!() };
+                list.extend(items);
             }
             b'q' | b'r' | 0x94 => {
                 let idx = match op {
@@ -627,12 +891,12 @@ impl<'a, R: Read + Seek> Unpickler<'a, R> {
                     b'r' => self.u32()? as u32,
                     _ => self.memo.len() as u32,
                 };
-                let v = self.top()?.clone();
+                let v = self.top()?;
                 self.memo.insert(idx, v);
             }
             b'h' | b'j' => {
                 let idx = if op == b'h' { self.u8()? as u32 } else { self.u32()? as u32 };
-                let v = self.memo.get(&idx).with_context(|| format!("memo entry {idx} missing"))?.clone();
+                let v = *self.memo.get(&idx).with_context(|| format!("memo entry {idx} missing"))?;
                 self.stack.push(v);
             }
             b'c' => {
@@ -644,8 +908,8 @@ impl<'a, R: Read + Seek> Unpickler<'a, R> {
             0x93 => {
                 let name = self.pop()?;
                 let module = self.pop()?;
-                let (V::Str(m), V::Str(n)) = (&module, &name) else { bail!("STACK_GLOBAL needs two strings") };
-                let g = self.global(m, n)?;
+                let (Some(m), Some(n)) = (self.str_of(module), self.str_of(name)) else { bail!("STACK_GLOBAL needs two strings") };
+                let g = self.global(&m, &n)?;
                 self.stack.push(g);
             }
             b'Q' => {
@@ -656,19 +920,27 @@ impl<'a, R: Read + Seek> Unpickler<'a, R> {
             b'R' | 0x81 => {
                 let args = self.pop()?;
                 let callable = self.pop()?;
-                let V::Tuple(args) = args else { bail!("call arguments are a {}, not a tuple", args.kind()) };
-                let V::Global(g) = callable else { bail!("cannot call a {}", callable.kind()) };
-                let v = self.call(g, &args)?;
+                let Some(Node::Tuple(a)) = self.node(args) else { bail!("call arguments are a {}, not a tuple", self.kind(args)) };
+                let a = a.clone();
+                let Some(&Node::Global(g)) = self.node(callable) else { bail!("cannot call a {}", self.kind(callable)) };
+                self.budget.charge(16 * a.len() as u64)?;
+                let v = self.call(g, a)?;
                 self.stack.push(v);
             }
             b'b' => {
                 let state = self.pop()?;
-                match self.top()? {
+                let top = self.top()?;
+                match self.node(top) {
                     // OrderedDict attributes (a state dict's `_metadata`) and tensor state
                     // (`requires_grad` hooks) carry nothing we keep.
-                    V::Dict(_) | V::Tensor(_) => {}
-                    V::Object(o) => o.borrow_mut().state = Some(state),
-                    v => bail!("BUILD on a {}", v.kind()),
+                    Some(Node::Dict(_) | Node::Tensor(_)) => {}
+                    Some(Node::Object(_)) => {
+                        let V::Ref(id) = top else { unreachable!() };
+                        self.deepen(id, state)?;
+                        let Node::Object(o) = &mut self.store[id].node else { unreachable!() };
+                        o.state = Some(state);
+                    }
+                    _ => bail!("BUILD on a {}", self.kind(top)),
                 }
             }
             _ => bail!("unsupported pickle opcode 0x{op:02x}"),
@@ -677,42 +949,128 @@ impl<'a, R: Read + Seek> Unpickler<'a, R> {
     }
 }
 
-/// Converts the working graph to owned values; bounded depth so a cyclic or absurdly
-/// nested pickle fails instead of overflowing the stack.
-fn convert(v: &V, depth: usize) -> Result<PickleValue> {
-    if depth > 512 {
-        bail!("pickle nests deeper than 512 levels (or is cyclic)");
+/// Converts the working graph to owned values, iteratively (an explicit task stack, so no
+/// input can overflow the thread's stack). Every path is checked against
+/// [`MAX_PICKLE_DEPTH`] (which also stops a container that holds itself) and every node
+/// produced is charged, so a node shared through the memo costs each time it is copied out.
+fn convert(store: &[Entry], root: V, budget: &mut Budget) -> Result<PickleValue> {
+    enum Task {
+        Visit(V, usize),
+        Build(Id),
     }
-    let c = |x: &V| convert(x, depth + 1);
-    Ok(match v {
-        V::None => PickleValue::None,
-        V::Bool(b) => PickleValue::Bool(*b),
-        V::Int(i) => PickleValue::Int(*i),
-        V::Float(f) => PickleValue::Float(*f),
-        V::Str(s) => PickleValue::Str(s.to_string()),
-        V::Bytes(b) => PickleValue::Bytes(b.to_vec()),
-        V::List(l) => PickleValue::List(l.borrow().iter().map(c).collect::<Result<_>>()?),
-        V::Tuple(t) => PickleValue::Tuple(t.iter().map(c).collect::<Result<_>>()?),
-        V::Dict(d) => PickleValue::Dict(d.borrow().iter().map(|(k, v)| Ok((c(k)?, c(v)?))).collect::<Result<_>>()?),
-        V::Tensor(t) => PickleValue::Tensor((**t).clone()),
-        V::Global(g) => PickleValue::Object { class: g.class_name(), args: vec![], state: None },
-        V::Storage(_) => bail!("a bare storage outside a tensor is not supported"),
-        V::Object(o) => {
-            let o = o.borrow();
-            PickleValue::Object {
-                class: o.class.class_name(),
-                args: o.args.iter().map(c).collect::<Result<_>>()?,
-                state: o.state.as_ref().map(|s| c(s).map(Box::new)).transpose()?,
+    const OUT_COST: u64 = NODE_COST + std::mem::size_of::<PickleValue>() as u64;
+    let mut tasks = vec![Task::Visit(root, 0)];
+    let mut out: Vec<PickleValue> = Vec::new();
+    let children = |id: Id| -> usize {
+        match &store[id].node {
+            Node::List(v) | Node::Tuple(v) => v.len(),
+            Node::Dict(d) => 2 * d.items.len(),
+            Node::Object(o) => o.args.len() + o.state.is_some() as usize,
+            _ => 0,
+        }
+    };
+    while let Some(task) = tasks.pop() {
+        match task {
+            Task::Visit(v, depth) => {
+                budget.charge(OUT_COST)?;
+                let id = match v {
+                    V::None => {
+                        out.push(PickleValue::None);
+                        continue;
+                    }
+                    V::Bool(b) => {
+                        out.push(PickleValue::Bool(b));
+                        continue;
+                    }
+                    V::Int(i) => {
+                        out.push(PickleValue::Int(i));
+                        continue;
+                    }
+                    V::Float(f) => {
+                        out.push(PickleValue::Float(f));
+                        continue;
+                    }
+                    V::Ref(id) => id,
+                };
+                let items: Vec<V> = match &store[id].node {
+                    Node::Str(s) => {
+                        budget.charge(s.len() as u64)?;
+                        out.push(PickleValue::Str(s.to_string()));
+                        continue;
+                    }
+                    Node::Bytes(b) => {
+                        budget.charge(b.len() as u64)?;
+                        out.push(PickleValue::Bytes(b.to_vec()));
+                        continue;
+                    }
+                    Node::Tensor(t) => {
+                        budget.charge(host_bytes(&t.data))?;
+                        out.push(PickleValue::Tensor(t.clone()));
+                        continue;
+                    }
+                    Node::Global(g) => {
+                        out.push(PickleValue::Object { class: g.class_name(), args: vec![], state: None });
+                        continue;
+                    }
+                    Node::Storage(_) => bail!("a bare storage outside a tensor is not supported"),
+                    Node::List(items) | Node::Tuple(items) => items.clone(),
+                    Node::Dict(d) => d.items.iter().flat_map(|&(k, v)| [k, v]).collect(),
+                    Node::Object(o) => o.args.iter().chain(&o.state).copied().collect(),
+                };
+                if depth >= MAX_PICKLE_DEPTH {
+                    return Err(budget.too_deep());
+                }
+                budget.charge(32 * items.len() as u64)?;
+                tasks.push(Task::Build(id));
+                tasks.extend(items.into_iter().rev().map(|c| Task::Visit(c, depth + 1)));
+            }
+            Task::Build(id) => {
+                let n = children(id);
+                let mut items = out.split_off(out.len() - n);
+                let v = match &store[id].node {
+                    Node::List(_) => PickleValue::List(items),
+                    Node::Tuple(_) => PickleValue::Tuple(items),
+                    Node::Dict(_) => {
+                        let mut pairs = Vec::with_capacity(n / 2);
+                        let mut it = items.into_iter();
+                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                            pairs.push((k, v));
+                        }
+                        PickleValue::Dict(pairs)
+                    }
+                    Node::Object(o) => {
+                        let state = if o.state.is_some() { items.pop().map(Box::new) } else { None };
+                        PickleValue::Object { class: o.class.class_name(), args: items, state }
+                    }
+                    _ => unreachable!("only containers are built"),
+                };
+                out.push(v);
             }
         }
-    })
+    }
+    out.pop().context("empty pickle")
+}
+
+fn host_bytes(d: &HostData) -> u64 {
+    let per = match d {
+        HostData::F32(_) => 4,
+        HostData::F64(_) | HostData::I64(_) => 8,
+        HostData::U8(_) => 1,
+    };
+    per * d.len() as u64
 }
 
 /// Loads the object a `torch.save` zip archive holds. Only tensors, storages and plain
-/// containers are rebuilt; any other pickle global is refused by name.
+/// containers are rebuilt; any other pickle global is refused by name, and the memory and
+/// work spent are bounded by the file's size (see [`BUDGET_PER_FILE_BYTE`]).
 pub fn load_pth(path: &Path) -> Result<PickleValue> {
     let file = path.display().to_string();
     let f = File::open(path).with_context(|| format!("cannot open {file}"))?;
+    let meta = f.metadata().with_context(|| format!("cannot open {file}"))?;
+    if !meta.is_file() {
+        bail!("{file} is not a regular file (expected a torch.save checkpoint)");
+    }
+    let mut budget = Budget::for_file(&file, meta.len());
     let mut zip = ZipArchive::new(BufReader::new(f))
         .map_err(|e| anyhow!("{file}: not a readable torch.save zip archive (truncated or corrupt, or the legacy pre-1.6 format): {e}"))?;
     // torch names the top folder after the file (`archive/` in recent versions): find it.
@@ -724,37 +1082,49 @@ pub fn load_pth(path: &Path) -> Result<PickleValue> {
         .collect();
     let [pkl] = &pkl[..] else { bail!("{file}: expected one <dir>/data.pkl entry, found {}: not a torch.save archive", pkl.len()) };
     let prefix = pkl.strip_suffix("data.pkl").unwrap().to_string();
-    if let Ok(mut bo) = zip.by_name(&format!("{prefix}byteorder")) {
-        let mut s = String::new();
-        bo.read_to_string(&mut s).with_context(|| format!("{file}: byteorder entry is truncated or corrupt"))?;
+    if let Ok(bo) = zip.by_name(&format!("{prefix}byteorder")) {
+        let declared = bo.size();
+        let b = read_entry(bo, declared, &mut budget, &format!("{file}: byteorder entry"))?;
+        let s = String::from_utf8_lossy(&b);
         if s.trim() != "little" {
             bail!("{file}: byte order {s:?} is not supported (only little-endian checkpoints)");
         }
     }
-    let mut data = Vec::new();
-    zip.by_name(pkl)
-        .map_err(anyhow::Error::from)
-        .and_then(|mut e| Ok(e.read_to_end(&mut data)?))
-        .with_context(|| format!("{file}: entry {pkl} is truncated or corrupt"))?;
+    let data = match zip.by_name(pkl) {
+        Ok(e) => {
+            let declared = e.size();
+            read_entry(e, declared, &mut budget, &format!("{file}: entry {pkl}"))?
+        }
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("{file}: entry {pkl} is truncated or corrupt"))),
+    };
     let mut u = Unpickler {
         data: &data,
         pos: 0,
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        store: Vec::new(),
+        budget,
         zip: &mut zip,
         prefix,
         storages: HashMap::new(),
         file: &file,
     };
-    let root = u.run().map_err(|e| match e.downcast_ref::<Refused>() {
-        // The refusal already names the global and the file: report it as it is.
+    let passthrough = |e: anyhow::Error| match e.downcast_ref::<Refused>() {
+        // A refusal already names the file and the reason: report it as it is.
         Some(r) => anyhow!("{r}"),
         None => e.context(format!("{file}: cannot load {pkl}")),
-    })?;
-    // Drop the other handles so unshared tensors convert without a second copy alive.
-    drop(u);
-    convert(&root, 0).with_context(|| format!("{file}: cannot load {pkl}"))
+    };
+    let root = u.run().map_err(passthrough)?;
+    let Unpickler { mut store, mut budget, .. } = u;
+    // Storage bytes are no longer needed once every tensor is gathered: free them before
+    // the tensors are copied out.
+    for e in &mut store {
+        if let Node::Storage(s) = &mut e.node {
+            s.bytes = Vec::new();
+        }
+    }
+    convert(&store, root, &mut budget).map_err(passthrough)
 }
 
 /// The state dict of an official checkpoint: for `*_withdecoder_1kpretrained_spark_style.pth`
@@ -1040,6 +1410,129 @@ mod tests {
         write_zip(&over, &[("archive/data.pkl", &p.0), ("archive/data/0", &f32_bytes(&base))]);
         let err = format!("{:#}", load_pth(&over).unwrap_err());
         assert!(err.contains("over.pth") && err.contains("12-element storage"), "{err}");
+    }
+
+    /// Runs `f` on a thread with a small stack: a conversion or drop that recursed once per
+    /// nesting level would overflow it long before the 10^5–10^6 levels below.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new().stack_size(256 << 10).spawn(f).unwrap().join().unwrap()
+    }
+
+    fn load_err(dir: &Path, name: &str, pkl: &[u8], extra: &[(&str, &[u8])]) -> String {
+        let path = dir.join(name);
+        let mut entries = vec![("archive/data.pkl", pkl)];
+        entries.extend_from_slice(extra);
+        write_zip(&path, &entries);
+        let err = on_small_stack(move || load_pth(&path).map(|_| ()).unwrap_err());
+        format!("{err:#}")
+    }
+
+    #[test]
+    fn shared_reference_bomb_is_refused_by_budget() {
+        // a = []; then 60 times a = [a, a]: 2^60 nodes once copied out, from ~400 bytes.
+        let mut p = P::default().proto().op(b"]q\x00");
+        for _ in 0..60 {
+            p = p.op(b"(h\x00h\x00lq\x00");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_err(dir.path(), "bomb.pth", &p.op(b".").0, &[]);
+        assert!(err.contains("refusing") && err.contains("bomb.pth") && err.contains("64 MiB") && err.contains("shared references"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        let dir = tempfile::tempdir().unwrap();
+        // The issue's file: a tuple nested 10^6 deep, `b'\x80\x02)' + b'\x85' * 10**6 + b'.'`.
+        let mut pkl = b"\x80\x02)".to_vec();
+        pkl.extend(std::iter::repeat_n(0x85u8, 1_000_000));
+        pkl.push(b'.');
+        let err = load_err(dir.path(), "deep.pth", &pkl, &[]);
+        assert!(err.contains("deep.pth") && err.contains(&format!("deeper than {MAX_PICKLE_DEPTH} levels")), "{err}");
+
+        // Nesting built by mutation, invisible when each list is created: L_i.append(L_{i+1})
+        // with L_{i+1} still empty, 10^5 times.
+        let mut p = P::default().proto().op(b"]r").op(&0u32.to_le_bytes());
+        for i in 0..100_000u32 {
+            p = p.op(b"]r").op(&(i + 1).to_le_bytes());
+            p = p.op(b"j").op(&i.to_le_bytes()).op(b"j").op(&(i + 1).to_le_bytes()).op(b"a0");
+        }
+        let p = p.op(b"j").op(&0u32.to_le_bytes()).op(b".");
+        let err = load_err(dir.path(), "chain.pth", &p.0, &[]);
+        assert!(err.contains("chain.pth") && err.contains(&format!("deeper than {MAX_PICKLE_DEPTH} levels")), "{err}");
+
+        // A list that contains itself.
+        let err = load_err(dir.path(), "cycle.pth", b"\x80\x02]q\x00h\x00a.", &[]);
+        assert!(err.contains("cycle.pth") && err.contains("contains itself"), "{err}");
+
+        // At the bound exactly, it loads.
+        let mut pkl = b"\x80\x02)".to_vec();
+        pkl.extend(std::iter::repeat_n(0x85u8, MAX_PICKLE_DEPTH - 1));
+        pkl.push(b'.');
+        let path = dir.path().join("ok.pth");
+        write_zip(&path, &[("archive/data.pkl", &pkl)]);
+        let mut v = load_pth(&path).unwrap();
+        let mut depth = 1;
+        while let PickleValue::Tuple(mut t) = v {
+            match t.pop() {
+                Some(inner) => {
+                    depth += 1;
+                    v = inner;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(depth, MAX_PICKLE_DEPTH);
+    }
+
+    #[test]
+    fn oversized_tensors_and_entries_are_refused_by_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        // A stride-0 view of one element claiming 2^40 elements (4 TiB).
+        let p = P::default().proto().tensor("FloatStorage", "0", 1, 0, &[1 << 20, 1 << 20], &[0, 0]).op(b".");
+        let err = load_err(dir.path(), "broadcast.pth", &p.0, &[("archive/data/0", &f32_bytes(&[1.0]))]);
+        assert!(err.contains("refusing") && err.contains("broadcast.pth") && err.contains("budget"), "{err}");
+
+        // A deflated storage entry that inflates to 128 MiB from ~128 KiB: refused from its
+        // declared size, before inflating.
+        let path = dir.path().join("deflate.pth");
+        let mut z = zip::ZipWriter::new(File::create(&path).unwrap());
+        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let deflated = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated).large_file(false);
+        let p = P::default().proto().tensor("FloatStorage", "0", 4, 0, &[4], &[1]).op(b".");
+        z.start_file("archive/data.pkl", stored).unwrap();
+        z.write_all(&p.0).unwrap();
+        z.start_file("archive/data/0", deflated).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..128 {
+            z.write_all(&zeros).unwrap();
+        }
+        z.finish().unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() < 1 << 20);
+        let err = format!("{:#}", load_pth(&path).unwrap_err());
+        assert!(err.contains("refusing") && err.contains("deflate.pth") && err.contains("budget"), "{err}");
+
+        // Not a regular file.
+        let err = format!("{:#}", load_pth(dir.path()).unwrap_err());
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn large_dicts_assign_by_hash() {
+        // 200 000 keys in one SETITEMS (a linear scan per key would take 2·10^10 comparisons),
+        // then key 7 assigned again: it keeps its place and takes the new value.
+        let mut p = P::default().proto().op(b"}(");
+        for i in 0..200_000 {
+            p = p.int(i).int(i + 1);
+        }
+        let p = p.op(b"u").str("k").int(1).op(b"s").int(7).int(-1).op(b"s").op(b".");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.pth");
+        write_zip(&path, &[("archive/data.pkl", &p.0)]);
+        let PickleValue::Dict(d) = load_pth(&path).unwrap() else { panic!() };
+        assert_eq!(d.len(), 200_001);
+        assert_eq!(d[7], (PickleValue::Int(7), PickleValue::Int(-1)));
+        assert_eq!(d[199_999], (PickleValue::Int(199_999), PickleValue::Int(200_000)));
+        assert_eq!(d[200_000], (PickleValue::Str("k".into()), PickleValue::Int(1)));
     }
 
     #[test]
