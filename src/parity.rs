@@ -10,6 +10,7 @@ use crate::graph::Kind;
 use crate::io::golden::{CaseMeta, GoldenCase, error_metric, tolerance};
 use crate::io::tensors::{HostData, HostTensor, TensorMap, write_safetensors_atomic};
 use crate::model::spark::nchw_to_bhwc;
+use crate::model::infer::infer_architecture;
 use crate::model::{DensifyNorm, EncoderConfig, SparkConfig, SparkModel};
 use crate::optim::lamb::LambConfig;
 use crate::sparse::PatchMask;
@@ -67,15 +68,40 @@ pub fn config_of(meta: &CaseMeta) -> Result<SparkConfig> {
     Ok(SparkConfig { encoder, input_size: meta.input_size, dec_width: meta.dec_width, densify_norm, mask_ratio: meta.mask_ratio })
 }
 
+/// Reads a case and the model it describes, checked against its tensors before anything
+/// is allocated for it.
+pub fn load_case(path: &Path) -> Result<(GoldenCase, SparkConfig)> {
+    let case = GoldenCase::load(path)?;
+    let cfg = config_of(&case.meta).with_context(|| format!("{}: invalid `spark_case` metadata", path.display()))?;
+    check_architecture(&cfg, &case).with_context(|| format!("{}: inconsistent parity case", path.display()))?;
+    Ok((case, cfg))
+}
+
+/// The model the metadata describes must be the one its `in.*` tensors hold: the metadata
+/// sizes what is allocated (layers, widths, decoder), the tensors are bounded by the file,
+/// so a case cannot ask for a model larger than itself.
+fn check_architecture(cfg: &SparkConfig, case: &GoldenCase) -> Result<()> {
+    let (encoder, dec_width, norm) = infer_architecture(&case.inputs()).context("its in.* tensors are not a SparK model")?;
+    if (&encoder, dec_width, norm) != (&cfg.encoder, cfg.dec_width, cfg.densify_norm) {
+        bail!(
+            "the metadata describes {:?} with decoder width {} and {:?} densify norms, its in.* tensors {encoder:?} \
+             with decoder width {dec_width} and {norm:?} densify norms",
+            cfg.encoder,
+            cfg.dec_width,
+            cfg.densify_norm
+        );
+    }
+    Ok(())
+}
+
 fn f32_tensor(shape: Vec<usize>, v: Vec<f32>) -> HostTensor {
     HostTensor { shape, data: HostData::F32(v) }
 }
 
 /// Run `path` on the GPU: `steps` training steps on the case's input and mask.
 pub fn run_case(ctx: &GpuContext, path: &Path) -> Result<Report> {
-    let case = GoldenCase::load(path)?;
+    let (case, cfg) = load_case(path)?;
     let meta = &case.meta;
-    let cfg = config_of(meta)?;
     let opt = &meta.optimizer;
     let lamb = LambConfig {
         beta1: opt.beta1 as f32,
@@ -144,12 +170,8 @@ pub fn run_case(ctx: &GpuContext, path: &Path) -> Result<Report> {
         };
         let initial = key.strip_prefix("after.").and_then(|n| case.tensors.get(&format!("in.{n}")));
         let error = error_metric(key, ours, reference, initial);
-        let (a, b) = (ours.to_f32(), reference.to_f32());
-        let max_abs = if a.len() == b.len() {
-            a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()))
-        } else {
-            f64::INFINITY
-        };
+        // Infinite on NaN/Inf or a shape mismatch (a plain f64::max fold would drop a NaN).
+        let max_abs = crate::io::golden::max_abs_diff(ours, reference);
         rows.push(Row { key: key.clone(), max_abs, error, tolerance: tol });
     }
     let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();

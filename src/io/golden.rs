@@ -85,6 +85,19 @@ pub struct Check {
     pub pass: bool,
 }
 
+/// The safetensors metadata key holding a case's JSON description.
+pub const CASE_METADATA: &str = "spark_case";
+
+/// [`GoldenCase::inputs`] of a case's tensors.
+pub fn case_inputs(tensors: &TensorMap) -> TensorMap {
+    tensors
+        .iter()
+        .filter_map(|(k, t)| k.strip_prefix("in.").map(|n| (n, t)))
+        .filter(|(n, _)| *n != "input" && *n != "active")
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect()
+}
+
 /// Where the repository keeps the golden files (for tests and examples).
 pub fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/golden")
@@ -99,7 +112,7 @@ impl GoldenCase {
     pub fn load(path: &Path) -> Result<Self> {
         let (tensors, metadata) = read_safetensors(path)?;
         let json = metadata
-            .get("spark_case")
+            .get(CASE_METADATA)
             .with_context(|| format!("{}: no `spark_case` metadata: not a parity case", path.display()))?;
         let meta: CaseMeta = serde_json::from_str(json).with_context(|| format!("{}: invalid `spark_case` metadata", path.display()))?;
         let case = GoldenCase { meta, tensors };
@@ -119,6 +132,13 @@ impl GoldenCase {
         if !matches!(active.data, HostData::U8(_)) || active.shape != [b, 1, f, f] {
             bail!("in.active is {} {:?}, expected U8 [{b}, 1, {f}, {f}]", active.data.dtype_name(), active.shape);
         }
+        // The step count drives a loop on the GPU: bound it by what the file holds.
+        if m.optimizer.steps != m.losses.len() {
+            bail!("optimizer.steps is {} but {} losses are recorded", m.optimizer.steps, m.losses.len());
+        }
+        if let Some(k) = (0..m.optimizer.steps).find(|k| !self.tensors.contains_key(&format!("out.loss.{k}"))) {
+            bail!("missing out.loss.{k} for step {k} of {}", m.optimizer.steps);
+        }
         match m.arch.as_str() {
             "resnet" if m.block.is_some() && m.layers.is_some() && m.channels.is_some() && m.stem_width.is_some() => {}
             "convnext" if m.depths.is_some() && m.dims.is_some() => {}
@@ -130,12 +150,7 @@ impl GoldenCase {
     /// Every initial parameter and BN buffer (`in.<name>`, prefix stripped), without the
     /// batch (`in.input`) and mask (`in.active`): the same naming as a SparK state dict.
     pub fn inputs(&self) -> TensorMap {
-        self.tensors
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix("in.").map(|n| (n, t)))
-            .filter(|(n, _)| *n != "input" && *n != "active")
-            .map(|(n, t)| (n.to_string(), t.clone()))
-            .collect()
+        case_inputs(&self.tensors)
     }
 
     /// The normalised image batch, f32 `[B, 3, H, W]`.
@@ -193,7 +208,7 @@ pub fn tolerance(key: &str, noise_floor: Option<f64>) -> f64 {
 
 /// Largest |a − b| in f64; infinite on a shape mismatch or a non-finite difference
 /// (`f64::max` would silently drop a NaN).
-fn max_abs_diff(a: &HostTensor, b: &HostTensor) -> f64 {
+pub fn max_abs_diff(a: &HostTensor, b: &HostTensor) -> f64 {
     if a.shape != b.shape {
         return f64::INFINITY;
     }

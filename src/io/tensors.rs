@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 /// The element types we keep on the host. Narrow float types (F16/BF16) are widened to F32
@@ -119,9 +120,49 @@ fn view_to_host(name: &str, view: &TensorView<'_>) -> Result<HostTensor> {
     HostTensor::new(view.shape().to_vec(), data).with_context(|| format!("tensor {name}"))
 }
 
+/// Largest safetensors JSON header read. Our largest checkpoint (ResNet-200 with its
+/// optimizer state: ~2 400 tensors at ~140 header bytes each) has a ~340 KB header; the
+/// crate's own bound is 100 MB, which would be parsed into several times that before any
+/// other check. Checked before anything else is read.
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+
+/// Opens `path` for reading as a safetensors file: a regular file (a device node or a pipe
+/// could be read forever) whose header length is within [`MAX_HEADER_BYTES`] and the file.
+/// Returns the file, its length and the header length.
+fn open_checked(path: &Path) -> Result<(File, u64, u64)> {
+    let file = path.display();
+    let mut f = File::open(path).with_context(|| format!("cannot read {file}"))?;
+    let len = f.metadata().with_context(|| format!("cannot read {file}"))?;
+    if !len.is_file() {
+        bail!("{file} is not a regular file (expected a safetensors file)");
+    }
+    let len = len.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).with_context(|| format!("{file}: not a valid safetensors file (truncated or corrupt)"))?;
+    let header = u64::from_le_bytes(n);
+    if header > MAX_HEADER_BYTES {
+        bail!(
+            "{file}: its safetensors header claims {header} bytes, more than the {} MiB accepted \
+             (checkpoints have headers below 1 MiB): corrupt, or not a safetensors file",
+            MAX_HEADER_BYTES >> 20
+        );
+    }
+    if 8 + header > len {
+        bail!("{file}: not a valid safetensors file (truncated or corrupt: a {header}-byte header in a {len}-byte file)");
+    }
+    Ok((f, len, header))
+}
+
 /// Reads every tensor of a safetensors file and its `__metadata__` (empty when absent).
+/// Memory is the file's size plus the widening of f16/bf16 to f32: every tensor's extent is
+/// checked against the file by the `safetensors` crate.
 pub fn read_safetensors(path: &Path) -> Result<(TensorMap, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (mut f, len, _) = open_checked(path)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    // At most the length checked: a file that grows while read is cut, then reported.
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.take(len).read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let corrupt = || format!("{}: not a valid safetensors file (truncated or corrupt)", path.display());
     let (_, header) = SafeTensors::read_metadata(&bytes).with_context(corrupt)?;
     let st = SafeTensors::deserialize(&bytes).with_context(corrupt)?;
@@ -131,6 +172,19 @@ pub fn read_safetensors(path: &Path) -> Result<(TensorMap, HashMap<String, Strin
         map.insert(name.to_string(), t);
     }
     Ok((map, header.metadata().clone().unwrap_or_default()))
+}
+
+/// Only the `__metadata__` of a safetensors file (reads the header, not the tensors).
+pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let (mut f, _, header) = open_checked(path)?;
+    let mut json = vec![0u8; header as usize];
+    f.read_exact(&mut json).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&json).with_context(|| format!("{}: not a valid safetensors file (corrupt header)", path.display()))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default())
 }
 
 fn host_view(t: &HostTensor) -> Result<TensorView<'_>> {
@@ -166,13 +220,22 @@ pub fn write_safetensors_atomic(path: &Path, tensors: &TensorMap, metadata: &Has
     let info = if metadata.is_empty() { None } else { Some(metadata.clone()) };
     // serialize_to_file streams tensor by tensor (no second copy of a large checkpoint in
     // memory); it does not fsync, so we do that before the rename.
-    safetensors::serialize_to_file(views, info, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    let sync = File::open(&tmp).and_then(|f| f.sync_all());
-    if let Err(e) = sync {
+    // Every failure below removes the temporary file (a full disk or a folder at `path`
+    // must not leave a partial `.tmp` behind).
+    let fail = |e: std::io::Error, what: String| {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("fsync {}", tmp.display()));
+        Err(anyhow::Error::from(e).context(what))
+    };
+    if let Err(e) = safetensors::serialize_to_file(views, info, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::from(e).context(format!("writing {}", tmp.display())));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    if let Err(e) = File::open(&tmp).and_then(|f| f.sync_all()) {
+        return fail(e, format!("fsync {}", tmp.display()));
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        return fail(e, format!("renaming {} to {}", tmp.display(), path.display()));
+    }
     // Make the rename itself durable (best effort: not every platform can open a directory).
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if let Ok(d) = File::open(dir) {
@@ -235,6 +298,49 @@ mod tests {
         let (m, _) = read_safetensors(&p).unwrap();
         assert_eq!(m["h"], HostTensor::f32(vec![2], vec![1.5, -2.0]));
         assert_eq!(m["b"], HostTensor::f32(vec![2], vec![0.25, 3.0]));
+    }
+
+    #[test]
+    fn hostile_headers_and_non_files_are_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big.safetensors");
+        // A header claiming 2^40 bytes: refused from its first 8 bytes.
+        let mut b = (1u64 << 40).to_le_bytes().to_vec();
+        b.extend_from_slice(b"{}");
+        std::fs::write(&p, &b).unwrap();
+        for err in [read_safetensors(&p).map(|_| ()).unwrap_err(), read_safetensors_metadata(&p).map(|_| ()).unwrap_err()] {
+            let err = format!("{err:#}");
+            assert!(err.contains("big.safetensors") && err.contains("MiB accepted"), "{err}");
+        }
+        // Within the bound, past the end of the file.
+        let mut b = (MAX_HEADER_BYTES).to_le_bytes().to_vec();
+        b.extend_from_slice(b"{}");
+        std::fs::write(&p, &b).unwrap();
+        let err = format!("{:#}", read_safetensors(&p).unwrap_err());
+        assert!(err.contains("big.safetensors") && err.contains("truncated or corrupt"), "{err}");
+        // A folder, and a device that would never end.
+        let err = format!("{:#}", read_safetensors(dir.path()).unwrap_err());
+        assert!(err.contains("not a regular file"), "{err}");
+        if Path::new("/dev/zero").exists() {
+            let err = format!("{:#}", read_safetensors(Path::new("/dev/zero")).unwrap_err());
+            assert!(err.contains("/dev/zero") && err.contains("not a regular file"), "{err}");
+        }
+        // The header alone.
+        let meta = HashMap::from([("k".to_string(), "v".to_string())]);
+        write_safetensors_atomic(&p, &sample(), &meta).unwrap();
+        assert_eq!(read_safetensors_metadata(&p).unwrap(), meta);
+    }
+
+    #[test]
+    fn failed_write_leaves_no_temporary() {
+        // Renaming a file over a non-empty folder fails: the previous folder stays, no `.tmp`.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.safetensors");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("keep"), b"x").unwrap();
+        assert!(write_safetensors_atomic(&p, &sample(), &HashMap::new()).is_err());
+        assert!(!dir.path().join("out.safetensors.tmp").exists());
+        assert!(p.join("keep").exists());
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const LOG_FILE: &str = "log.jsonl";
 pub const CURVE_FILE: &str = "loss.png";
+/// Largest `config.json` read back (ours are ~1 KB): a larger file is not one of ours.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 impl PretrainConfig {
     pub fn encoder(&self) -> &EncoderConfig {
@@ -268,7 +270,7 @@ fn save_checkpoint(model: &SparkModel, path: &Path, cfg: &PretrainConfig, next_s
     let mut meta = HashMap::new();
     meta.insert("spark_wgpu_config".to_string(), serde_json::to_string(cfg)?);
     meta.insert("next_step".to_string(), next_step.to_string());
-    meta.insert("format".to_string(), "spark-wgpu checkpoint v1".to_string());
+    meta.insert("format".to_string(), checkpoint::CHECKPOINT_FORMAT.to_string());
     checkpoint::save(model, path, &meta)
 }
 
@@ -285,6 +287,6 @@ fn read_log_losses(path: &Path, before: usize) -> Vec<(usize, f32)> {
 /// The configuration stored in a run directory.
 pub fn read_run_config(run_dir: &Path) -> Result<PretrainConfig> {
     let p = run_dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {} (is {} a run directory?)", p.display(), run_dir.display()))?;
+    let text = crate::io::read_small_text(&p, MAX_CONFIG_BYTES).with_context(|| format!("is {} a run directory?", run_dir.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
 }
