@@ -184,3 +184,36 @@ pub fn dump(report: &Report, path: &Path) -> Result<()> {
     meta.insert("producer".to_string(), format!("spark-wgpu {}", env!("CARGO_PKG_VERSION")));
     write_safetensors_atomic(path, &report.outputs, &meta)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::golden::{CASE_METADATA, golden_dir};
+    use crate::io::tensors::read_safetensors;
+
+    /// The resnet_basic_tiny case with its metadata edited by `edit`.
+    fn edited(dir: &Path, edit: impl Fn(&mut serde_json::Value)) -> std::path::PathBuf {
+        let (t, mut meta) = read_safetensors(&golden_dir().join("resnet_basic_tiny.safetensors")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&meta[CASE_METADATA]).unwrap();
+        edit(&mut v);
+        meta.insert(CASE_METADATA.to_string(), v.to_string());
+        let p = dir.join("edited.safetensors");
+        write_safetensors_atomic(&p, &t, &meta).unwrap();
+        p
+    }
+
+    #[test]
+    fn metadata_cannot_ask_for_more_than_the_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_case(&edited(dir.path(), |_| {})).is_ok());
+        // A million blocks, a huge decoder, a billion steps: refused before any allocation.
+        for (edit, what) in [
+            (&(|v: &mut serde_json::Value| v["layers"] = serde_json::json!([1000000, 1, 1, 1])) as &dyn Fn(&mut serde_json::Value), "inconsistent parity case"),
+            (&|v: &mut serde_json::Value| v["dec_width"] = serde_json::json!(1 << 20), "decoder width"),
+            (&|v: &mut serde_json::Value| v["optimizer"]["steps"] = serde_json::json!(1_000_000_000u64), "losses are recorded"),
+        ] {
+            let err = format!("{:#}", load_case(&edited(dir.path(), edit)).unwrap_err());
+            assert!(err.contains("edited.safetensors") && err.contains(what), "{err}");
+        }
+    }
+}
