@@ -1,13 +1,9 @@
 //! Patch masks: which of the f×f patches (32×32 pixels each) of every image stay visible.
 
-use super::rng::{below, py_round};
+use super::rng::below;
+/// Owned by the model configuration: the graph is built for this count.
+pub use crate::model::config::len_keep;
 use rand_chacha::ChaCha8Rng;
-
-/// Visible patches per image, as the official `SparK.len_keep`:
-/// `round(f*f*(1 - mask_ratio))` with Python's ties-to-even rounding.
-pub fn len_keep(f: usize, mask_ratio: f64) -> usize {
-    py_round((f * f) as f64 * (1.0 - mask_ratio)).clamp(0, (f * f) as i64) as usize
-}
 
 /// A `[batch, f, f]` mask, 1 = visible, with exactly `len_keep(f, mask_ratio)` visible
 /// patches per image, the set uniformly chosen. The official code keeps the first

@@ -107,9 +107,47 @@ impl SparkConfig {
         self.input_size / PATCH
     }
 
-    /// Visible patches per image: round(f·f·(1 − mask_ratio)), as the official mask.
+    /// Visible patches per image (see [`len_keep`]): what the graph is built for and what
+    /// every mask the loader draws shows.
     pub fn visible_per_image(&self) -> usize {
-        let f = self.grid();
-        ((f * f) as f64 * (1.0 - self.mask_ratio)).round() as usize
+        len_keep(self.grid(), self.mask_ratio)
+    }
+}
+
+/// Visible patches per image of an `f`×`f` patch grid, as the official `SparK.len_keep`:
+/// `round(f*f*(1 - mask_ratio))` with Python's `round`, ties to even (4.5 → 4), clamped to
+/// the grid. The one place this is computed: the graph's size and the loader's masks must
+/// agree exactly.
+pub fn len_keep(f: usize, mask_ratio: f64) -> usize {
+    ((f * f) as f64 * (1.0 - mask_ratio)).round_ties_even().clamp(0.0, (f * f) as f64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_and_loader_agree_on_visible_patches() {
+        // resnet_tiny at 96² with --mask-ratio 0.5: 9 × 0.5 = 4.5 keeps 4 (ties to even).
+        let cfg = SparkConfig {
+            encoder: EncoderConfig::preset("resnet_tiny").unwrap(),
+            input_size: 96,
+            dec_width: 32,
+            densify_norm: DensifyNorm::Bn,
+            mask_ratio: 0.5,
+        };
+        assert_eq!(cfg.visible_per_image(), 4);
+        for (f, ratio, keep) in [(3, 0.5, 4), (5, 0.5, 12), (1, 0.5, 0), (7, 0.5, 24), (7, 0.6, 20), (2, 0.75, 1), (4, 0.0, 16)] {
+            assert_eq!(len_keep(f, ratio), keep, "f={f} ratio={ratio}");
+        }
+        // Every grid and ratio step: the graph's count is the loader's.
+        for f in 1..=8 {
+            for r in 0..100 {
+                let cfg = SparkConfig { input_size: f * PATCH, mask_ratio: r as f64 / 100.0, ..cfg.clone() };
+                assert_eq!(cfg.visible_per_image(), crate::data::len_keep(f, cfg.mask_ratio));
+                let mask = crate::data::sample_mask(&mut crate::data::rng::stream(1, 2, 3, 4), 1, f, cfg.mask_ratio);
+                assert_eq!(mask.iter().map(|&v| v as usize).sum::<usize>(), cfg.visible_per_image());
+            }
+        }
     }
 }
