@@ -138,7 +138,7 @@ pub fn run(gpu: &GpuArgs, a: &ReconstructArgs) -> Result<()> {
     let b = a.image.len();
     let mut inputs = Vec::with_capacity(b * size * size * 3);
     for p in &a.image {
-        let img = image::open(p).with_context(|| format!("reading image {}", p.display()))?.to_rgb8();
+        let img = crate::data::decode_image_file(p).with_context(|| format!("reading image {}", p.display()))?;
         inputs.extend(center_crop_normalized(&img, size as u32));
     }
     let visible: Vec<u8> = match &a.mask {

@@ -10,7 +10,7 @@ mod transform;
 
 pub use loader::{Batch, Loader, LoaderConfig};
 pub use mask::{len_keep, sample_mask};
-pub use source::{image_extensions, FolderSource, ImageSource, ProceduralSource};
+pub use source::{decode_image_file, image_extensions, jpeg_is_complete, FolderSource, ImageSource, ProceduralSource};
 pub use transform::{
     augment, center_crop_normalized, normalize, random_resized_crop_params, CropBox, CROP_RATIO, CROP_SCALE,
 };

@@ -122,13 +122,90 @@ impl ImageSource for FolderSource {
     /// falling back to the extension. EXIF orientation is not applied, like the
     /// official PIL loader (`Image.open(f).convert('RGB')`).
     fn load(&self, index: usize) -> anyhow::Result<RgbImage> {
-        let path = &self.paths[index];
-        let img = ImageReader::open(path)?.with_guessed_format()?.decode()?;
-        Ok(img.to_rgb8())
+        decode_image_file(&self.paths[index])
     }
 
     fn describe(&self, index: usize) -> String {
         self.paths[index].display().to_string()
+    }
+}
+
+/// Decodes an image file as RGB8, by content (a PNG named `.jpg`, as found in ImageNet,
+/// still decodes), falling back to the extension. A truncated JPEG is an error, as in PIL
+/// (the official loader): the image crate's JPEG decoder would fill the missing part with
+/// grey and report success.
+pub fn decode_image_file(path: &Path) -> anyhow::Result<RgbImage> {
+    let f = std::fs::File::open(path)?;
+    if !f.metadata()?.is_file() {
+        bail!("not a regular file");
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::BufReader::new(f), &mut bytes)?;
+    let reader = ImageReader::new(std::io::Cursor::new(&bytes[..])).with_guessed_format()?;
+    let reader = match reader.format() {
+        Some(_) => reader,
+        None => {
+            let mut r = ImageReader::new(std::io::Cursor::new(&bytes[..]));
+            r.set_format(ImageFormat::from_path(path)?);
+            r
+        }
+    };
+    if reader.format() == Some(ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
+        bail!("truncated JPEG (its data ends before the end-of-image marker)");
+    }
+    Ok(reader.decode()?.to_rgb8())
+}
+
+/// Whether a JPEG reaches its end-of-image marker: walks the marker segments from SOI by
+/// their lengths and, after each start-of-scan, the entropy-coded data to the next marker
+/// (inside it 0xFF is followed by 0x00 stuffing, a restart marker or fill). Trailing bytes
+/// after EOI are accepted, as every decoder does. Hand-written because no decoder the
+/// image crate offers reports truncation: zune-jpeg's lenient mode (the image crate's)
+/// fills the rest with grey, and its strict mode also refuses harmless oddities (bytes
+/// between segments) that PIL reads.
+pub fn jpeg_is_complete(b: &[u8]) -> bool {
+    if !b.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut i = 2;
+    loop {
+        // Next marker: skip stray bytes, then fill bytes (0xFF repeated).
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&m) = b.get(i) else { return false };
+        i += 1;
+        match m {
+            0xD9 => return true,
+            // Standalone markers (restarts, TEM) and a stray stuffed zero carry no length.
+            0x00 | 0x01 | 0xD0..=0xD7 => continue,
+            _ => {
+                let Some(len) = b.get(i..i + 2).map(|l| u16::from_be_bytes([l[0], l[1]]) as usize) else { return false };
+                if len < 2 || i + len > b.len() {
+                    return false;
+                }
+                i += len;
+                if m == 0xDA {
+                    // Entropy-coded data up to the next real marker.
+                    loop {
+                        let Some(&x) = b.get(i) else { return false };
+                        if x == 0xFF {
+                            match b.get(i + 1) {
+                                None => return false,
+                                Some(0x00 | 0xD0..=0xD7) => i += 2,
+                                Some(0xFF) => i += 1,
+                                Some(_) => break,
+                            }
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -285,5 +362,67 @@ impl ImageSource for ProceduralSource {
 
     fn describe(&self, index: usize) -> String {
         format!("procedural image #{index} (seed {})", self.seed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RgbImage {
+        RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, ((x + y) * 3) as u8]))
+    }
+
+    fn encoded(fmt: ImageFormat) -> Vec<u8> {
+        let mut v = std::io::Cursor::new(Vec::new());
+        let img = image::DynamicImage::ImageRgb8(sample());
+        // Farbfeld stores only 16-bit RGBA.
+        let img = if fmt == ImageFormat::Farbfeld { image::DynamicImage::ImageRgba16(img.to_rgba16()) } else { img };
+        img.write_to(&mut v, fmt).unwrap();
+        v.into_inner()
+    }
+
+    #[test]
+    fn truncated_images_are_unreadable() {
+        let dir = tempfile::tempdir().unwrap();
+        let formats = [
+            (ImageFormat::Jpeg, "jpg"),
+            (ImageFormat::Png, "png"),
+            (ImageFormat::Gif, "gif"),
+            (ImageFormat::Bmp, "bmp"),
+            (ImageFormat::Tiff, "tif"),
+            (ImageFormat::WebP, "webp"),
+            (ImageFormat::Tga, "tga"),
+            (ImageFormat::Qoi, "qoi"),
+            (ImageFormat::Pnm, "ppm"),
+            (ImageFormat::Farbfeld, "ff"),
+        ];
+        for (fmt, ext) in formats {
+            let full = encoded(fmt);
+            let whole = dir.path().join(format!("whole.{ext}"));
+            std::fs::write(&whole, &full).unwrap();
+            assert_eq!(decode_image_file(&whole).unwrap().dimensions(), (40, 30), "{fmt:?}");
+            // Cut inside the pixel data. (A cut in a trailer after complete pixel data, as
+            // PNG's last chunk, loses nothing and may decode.)
+            let keep = full.len() * 6 / 10;
+            let cut = dir.path().join(format!("cut.{ext}"));
+            std::fs::write(&cut, &full[..keep]).unwrap();
+            assert!(decode_image_file(&cut).is_err(), "{fmt:?} cut to {keep} of {} bytes decoded", full.len());
+        }
+        // The JPEG check alone: complete with trailing bytes; cut anywhere, incomplete.
+        let jpg = encoded(ImageFormat::Jpeg);
+        assert!(jpeg_is_complete(&jpg));
+        let mut trailing = jpg.clone();
+        trailing.extend_from_slice(b"trailing bytes");
+        assert!(jpeg_is_complete(&trailing));
+        for keep in (0..jpg.len()).step_by(7) {
+            assert!(!jpeg_is_complete(&jpg[..keep]), "cut at {keep}");
+        }
+        // The folder source reports it (the loader then skips and counts it).
+        std::fs::write(dir.path().join("a.jpg"), &jpg[..jpg.len() / 2]).unwrap();
+        let src = FolderSource::open(dir.path()).unwrap();
+        let i = src.paths().iter().position(|p| p.ends_with("a.jpg")).unwrap();
+        let err = format!("{:#}", src.load(i).unwrap_err());
+        assert!(err.contains("truncated JPEG"), "{err}");
     }
 }
