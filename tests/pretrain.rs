@@ -186,3 +186,26 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert_eq!(next, finite, "checkpoint at step {next}, finite losses logged {finite}\n{log}");
     assert!(t.values().all(|x| x.to_f32().iter().all(|v| v.is_finite())));
 }
+
+#[test]
+fn init_weights_matching_no_encoder_tensor_is_refused() {
+    // A ConvNeXt checkpoint into a ResNet: nothing of the encoder fits.
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_cfg(None, 1);
+    cfg.init_weights = Some(golden_dir().join("convnext_tiny_1kpretrained_timm_style.pth"));
+    let ctx = GpuContext::new_default().unwrap();
+    let err = format!("{:#}", pretrain(&ctx, &cfg, out.path(), false, Arc::new(AtomicBool::new(false)), false).err().unwrap());
+    assert!(err.contains("convnext_tiny_1kpretrained_timm_style.pth") && err.contains("none of its"), "{err}");
+}
+
+#[test]
+fn mask_ratio_ties_round_the_same_in_graph_and_loader() {
+    // 3×3 patches at 96², ratio 0.5: 4.5 visible rounds to 4 in both (it used to stop at step 0).
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_cfg(None, 1);
+    cfg.spark.input_size = 96;
+    cfg.spark.mask_ratio = 0.5;
+    let s = run(&cfg, out.path(), false);
+    assert_eq!(s.steps_done, 1);
+    assert!(s.last_loss.is_some_and(f32::is_finite));
+}
