@@ -46,7 +46,7 @@ pub fn max_rel_err(a: &[f32], b: &[f32]) -> f64 {
 #[track_caller]
 pub fn assert_close(got: &[f32], want: &[f32], tol: f64, what: &str) {
     let err = max_rel_err(got, want);
-    if !(err <= tol) {
+    if err.is_nan() || err > tol {
         let i = got.iter().zip(want).position(|(a, b)| !a.is_finite() || !b.is_finite()).unwrap_or_else(|| {
             got.iter()
                 .zip(want)
