@@ -5,8 +5,7 @@
 use anyhow::{Context, Result, bail};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The element types we keep on the host. Narrow float types (F16/BF16) are widened to F32
 /// on read; small integer types to I64; BOOL to U8.
@@ -148,16 +147,9 @@ fn host_view(t: &HostTensor) -> Result<TensorView<'_>> {
 #[cfg(target_endian = "big")]
 compile_error!("io::tensors writes host bytes as little-endian safetensors data");
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
-
-/// Written to `<path>.tmp` in the same folder, fsynced, then renamed over `path`: an
-/// interrupted write never destroys the previous file.
+/// Written through [`crate::io::atomic`] (temporary file in the same folder, fsynced,
+/// renamed over `path`): an interrupted write never destroys the previous file.
 pub fn write_safetensors_atomic(path: &Path, tensors: &TensorMap, metadata: &HashMap<String, String>) -> Result<()> {
-    let tmp = tmp_path(path);
     let views = tensors
         .iter()
         .map(|(k, t)| Ok((k.as_str(), host_view(t).with_context(|| format!("tensor {k}"))?)))
@@ -165,20 +157,10 @@ pub fn write_safetensors_atomic(path: &Path, tensors: &TensorMap, metadata: &Has
         .with_context(|| format!("writing {}", path.display()))?;
     let info = if metadata.is_empty() { None } else { Some(metadata.clone()) };
     // serialize_to_file streams tensor by tensor (no second copy of a large checkpoint in
-    // memory); it does not fsync, so we do that before the rename.
-    safetensors::serialize_to_file(views, info, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    let sync = File::open(&tmp).and_then(|f| f.sync_all());
-    if let Err(e) = sync {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("fsync {}", tmp.display()));
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    // Make the rename itself durable (best effort: not every platform can open a directory).
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    // memory); the helper fsyncs before the rename.
+    crate::io::atomic::write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(views, info, tmp).with_context(|| format!("writing {}", tmp.display()))
+    })
 }
 
 #[cfg(test)]
@@ -200,7 +182,7 @@ mod tests {
         let p = dir.path().join("x.safetensors");
         let meta = HashMap::from([("k".to_string(), "{\"v\": 1}".to_string())]);
         write_safetensors_atomic(&p, &sample(), &meta).unwrap();
-        assert!(!dir.path().join("x.safetensors.tmp").exists());
+        assert!(crate::io::atomic::stale_temps(&dir.path().join("x.safetensors")).is_empty());
         let (m, md) = read_safetensors(&p).unwrap();
         assert_eq!(m, sample());
         assert_eq!(md, meta);
