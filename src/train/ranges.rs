@@ -74,7 +74,7 @@ pub struct IntRange {
 
 impl IntRange {
     pub fn contains(&self, v: usize) -> bool {
-        v >= self.lo && v <= self.hi && v % self.multiple_of == 0
+        v >= self.lo && v <= self.hi && v.is_multiple_of(self.multiple_of)
     }
 
     pub fn error(&self, v: &str) -> String {
