@@ -9,6 +9,7 @@ use crate::gpu::{Dispatch, GpuContext};
 use crate::model::spark::BuildOptions;
 use crate::model::{EncoderConfig, SparkConfig, SparkModel};
 use crate::optim::lamb::LambConfig;
+use crate::train::ranges as R;
 use crate::testing::{random_patch_mask, random_vec};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -16,18 +17,18 @@ pub struct BenchArgs {
     /// Encoder preset (resnet18…resnet200, convnext_tiny…convnext_large).
     #[arg(long, default_value = "resnet50")]
     pub model: String,
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = |s: &str| R::INPUT_SIZE.parse(s))]
     pub input_size: usize,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = |s: &str| R::BENCH_BATCH.parse(s))]
     pub batch: usize,
     /// Timed steps (after the warm-up steps); 0 with --warmup 0 times only the encoder.
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 768)]
+    #[arg(long, default_value_t = 768, value_parser = |s: &str| R::DEC_WIDTH.parse(s))]
     pub dec_width: usize,
-    #[arg(long, default_value_t = 0.6)]
+    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true, value_parser = |s: &str| R::MASK_RATIO.parse(s))]
     pub mask_ratio: f64,
     /// Compute the encoder densely at every site (the official code's dense-then-mask cost).
     #[arg(long)]

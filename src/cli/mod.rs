@@ -58,6 +58,30 @@ pub enum Command {
     Reconstruct(reconstruct::ReconstructArgs),
 }
 
+/// Parse the process arguments (exits with clap's message on a bad option) and note
+/// which `pretrain` options were given explicitly (`--resume` honours or refuses them).
+pub fn parse() -> Cli {
+    parse_from(std::env::args_os())
+}
+
+pub fn parse_from<I, T>(args: I) -> Cli
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let m = Cli::command().get_matches_from(args);
+    let mut cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+    if let (Command::Pretrain(a), Some(("pretrain", sub))) = (&mut cli.command, m.subcommand()) {
+        a.given = sub
+            .ids()
+            .filter(|id| sub.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect();
+    }
+    cli
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices => devices::run(&cli.gpu),

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::GpuArgs;
 use crate::model::{EncoderConfig, SparkConfig};
+use crate::train::ranges as R;
 use crate::train::{PretrainConfig, pretrain, read_run_config};
 
 #[derive(clap::Args, Debug)]
@@ -19,41 +20,42 @@ pub struct PretrainArgs {
     /// test models resnet_tiny, convnext_pico.
     #[arg(long, default_value = "resnet50")]
     pub model: String,
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = |s: &str| R::INPUT_SIZE.parse(s))]
     pub input_size: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = |s: &str| R::BATCH.parse(s))]
     pub batch: usize,
-    #[arg(long, default_value_t = 1600)]
+    #[arg(long, default_value_t = 1600, value_parser = |s: &str| R::EPOCHS.parse(s))]
     pub epochs: usize,
     /// Stop after this many steps (the schedule still spans --epochs).
-    #[arg(long)]
+    #[arg(long, value_parser = |s: &str| R::MAX_STEPS.parse(s))]
     pub max_steps: Option<usize>,
-    #[arg(long, default_value_t = 0.6)]
+    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true, value_parser = |s: &str| R::MASK_RATIO.parse(s))]
     pub mask_ratio: f64,
     /// Base learning rate; the peak is base_lr × batch / 256 (official scaling).
-    #[arg(long, default_value_t = 2e-4)]
+    #[arg(long, default_value_t = 2e-4, allow_negative_numbers = true, value_parser = |s: &str| R::BASE_LR.parse(s))]
     pub base_lr: f64,
-    #[arg(long, default_value_t = 40.0)]
+    #[arg(long, default_value_t = 40.0, allow_negative_numbers = true, value_parser = |s: &str| R::WARMUP_EPOCHS.parse(s))]
     pub warmup_epochs: f64,
-    #[arg(long, default_value_t = 0.04)]
+    #[arg(long, default_value_t = 0.04, allow_negative_numbers = true, value_parser = |s: &str| R::WEIGHT_DECAY.parse(s))]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true, value_parser = |s: &str| R::WEIGHT_DECAY.parse(s))]
     pub weight_decay_end: f64,
-    #[arg(long, default_value_t = 768)]
+    #[arg(long, default_value_t = 768, value_parser = |s: &str| R::DEC_WIDTH.parse(s))]
     pub dec_width: usize,
     /// LAMB β2 (default: 0.95 for ResNet, 0.999 for ConvNeXt, as the official recipe).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = |s: &str| R::BETA2.parse(s))]
     pub beta2: Option<f64>,
     /// Stochastic depth rate of the encoder (default: the official rate of the model,
     /// e.g. 0.05 for resnet50, 0.2 for convnext_small).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = |s: &str| R::DROP_PATH.parse(s))]
     pub drop_path: Option<f64>,
     /// Start from weights: an official SparK .pth (with decoder), an encoder-only timm-style
     /// .pth, or a spark-wgpu checkpoint/export.
     #[arg(long)]
     pub init_weights: Option<PathBuf>,
     /// Continue the run in this directory exactly where it stopped (its config.json is used;
-    /// only --max-steps may be changed).
+    /// only --max-steps, --epochs, --save-every, --base-lr, --weight-decay and
+    /// --weight-decay-end may be changed, and each change is logged).
     #[arg(long, conflicts_with = "out")]
     pub resume: Option<PathBuf>,
     /// Run directory (config, log, checkpoints, loss curve).
@@ -62,17 +64,65 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Image decoding threads.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = |s: &str| R::WORKERS.parse(s))]
     pub workers: usize,
     /// Images in the built-in procedural set.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = |s: &str| R::IMAGES.parse(s))]
     pub procedural_images: usize,
     /// Write a checkpoint every N steps (default: every epoch).
-    #[arg(long)]
+    #[arg(long, value_parser = |s: &str| R::SAVE_EVERY.parse(s))]
     pub save_every: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Option ids (field names) given on the command line, filled by `cli::parse`; with
+    /// `--resume`, these decide what changes and what is refused.
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+/// Options a resumed run may change: they steer the rest of the schedule (the NaN
+/// message's "lower --base-lr, then --resume" advice), not the shape of the graph or the
+/// data order that the checkpoint's state belongs to. Each change is written to
+/// `config.json` and to the log.
+const RESUMABLE: &[&str] = &["max_steps", "epochs", "save_every", "base_lr", "weight_decay", "weight_decay_end"];
+/// Options that do not touch the run at all.
+const NEUTRAL: &[&str] = &["resume", "quiet", "adapter", "backend", "PretrainArgs"];
+
+fn flag(id: &str) -> String {
+    format!("--{}", id.replace('_', "-"))
+}
+
+/// Apply the resumable options given with `--resume` to the run's configuration; refuse
+/// the others by name. Returns the changes as (option, old, new).
+fn apply_resume_options(a: &PretrainArgs, cfg: &mut PretrainConfig) -> Result<Vec<(String, String, String)>> {
+    let refused: Vec<String> =
+        a.given.iter().filter(|g| !RESUMABLE.contains(&g.as_str()) && !NEUTRAL.contains(&g.as_str())).map(|g| flag(g)).collect();
+    if !refused.is_empty() {
+        bail!(
+            "{} cannot change when a run is resumed (the checkpoint belongs to the run's own config.json); \
+             only {} may be given with --resume",
+            refused.join(", "),
+            RESUMABLE.iter().map(|r| flag(r)).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut changes = vec![];
+    let given = |id: &str| a.given.iter().any(|g| g == id);
+    macro_rules! set {
+        ($id:literal, $field:ident, $new:expr) => {
+            if given($id) && cfg.$field != $new {
+                changes.push((flag($id), format!("{:?}", cfg.$field), format!("{:?}", $new)));
+                cfg.$field = $new;
+            }
+        };
+    }
+    set!("max_steps", max_steps, a.max_steps);
+    set!("epochs", epochs, a.epochs);
+    set!("save_every", save_every, a.save_every);
+    set!("base_lr", base_lr, a.base_lr);
+    set!("weight_decay", weight_decay, a.weight_decay);
+    set!("weight_decay_end", weight_decay_end, a.weight_decay_end);
+    Ok(changes)
 }
 
 pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
@@ -80,9 +130,13 @@ pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
     let (cfg, dir, resume) = match &a.resume {
         Some(dir) => {
             let mut cfg = read_run_config(dir)?;
-            // A resumed run may be given a new step budget; everything else is the run's own.
-            if a.max_steps.is_some() {
-                cfg.max_steps = a.max_steps;
+            let changes = apply_resume_options(a, &mut cfg)?;
+            if !changes.is_empty() {
+                cfg.validate()?;
+                crate::train::record_resume_changes(dir, &cfg, &changes)?;
+                for (o, old, new) in &changes {
+                    eprintln!("resume: {o} {old} → {new}");
+                }
             }
             (cfg, dir.clone(), true)
         }
@@ -95,9 +149,6 @@ pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
                 dec_width: a.dec_width,
                 mask_ratio: a.mask_ratio,
             };
-            if a.batch < 2 {
-                bail!("--batch {} is too small: BatchNorm needs at least 2 images", a.batch);
-            }
             let cfg = PretrainConfig {
                 model: a.model.clone(),
                 beta2: a.beta2.unwrap_or(encoder.default_beta2()),
@@ -142,7 +193,11 @@ pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
         r.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
         r.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
         r.run_dir.display(),
-        if r.interrupted { format!("; resume with --resume {}", r.run_dir.display()) } else { String::new() }
+        match (r.interrupted, &r.checkpoint) {
+            (true, Some(_)) => format!("; resume with --resume {}", r.run_dir.display()),
+            (true, None) => "; interrupted before the first step: no checkpoint was written, start again".to_string(),
+            _ => String::new(),
+        }
     );
     Ok(())
 }

@@ -17,6 +17,7 @@ use crate::model::infer::infer_architecture;
 use crate::model::{PATCH, SparkConfig, SparkModel};
 use crate::sparse::PatchMask;
 use crate::train::checkpoint::{load, read_any};
+use crate::train::ranges as R;
 
 #[derive(clap::Args, Debug)]
 pub struct ReconstructArgs {
@@ -29,7 +30,7 @@ pub struct ReconstructArgs {
     /// The PNG grid to write.
     #[arg(long, default_value = "reconstruction.png")]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 0.6)]
+    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true, value_parser = |s: &str| R::MASK_RATIO.parse(s))]
     pub mask_ratio: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -37,7 +38,7 @@ pub struct ReconstructArgs {
     #[arg(long)]
     pub mask: Option<String>,
     /// Input size (default: the checkpoint's, else 224).
-    #[arg(long)]
+    #[arg(long, value_parser = |s: &str| R::INPUT_SIZE.parse(s))]
     pub input_size: Option<usize>,
     /// Also write per-image masked-patch losses as JSON here.
     #[arg(long)]

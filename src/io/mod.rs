@@ -2,6 +2,7 @@
 //! (`golden`), official PyTorch checkpoints read without Python (`pth`), and the mapping
 //! between SparK and timm/official encoder names (`names`).
 
+pub mod atomic;
 pub mod golden;
 pub mod names;
 pub mod pth;

@@ -202,16 +202,9 @@ fn host_view(t: &HostTensor) -> Result<TensorView<'_>> {
 #[cfg(target_endian = "big")]
 compile_error!("io::tensors writes host bytes as little-endian safetensors data");
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
-
-/// Written to `<path>.tmp` in the same folder, fsynced, then renamed over `path`: an
-/// interrupted write never destroys the previous file.
+/// Written through [`crate::io::atomic`] (temporary file in the same folder, fsynced,
+/// renamed over `path`): an interrupted write never destroys the previous file.
 pub fn write_safetensors_atomic(path: &Path, tensors: &TensorMap, metadata: &HashMap<String, String>) -> Result<()> {
-    let tmp = tmp_path(path);
     let views = tensors
         .iter()
         .map(|(k, t)| Ok((k.as_str(), host_view(t).with_context(|| format!("tensor {k}"))?)))
@@ -219,29 +212,10 @@ pub fn write_safetensors_atomic(path: &Path, tensors: &TensorMap, metadata: &Has
         .with_context(|| format!("writing {}", path.display()))?;
     let info = if metadata.is_empty() { None } else { Some(metadata.clone()) };
     // serialize_to_file streams tensor by tensor (no second copy of a large checkpoint in
-    // memory); it does not fsync, so we do that before the rename.
-    // Every failure below removes the temporary file (a full disk or a folder at `path`
-    // must not leave a partial `.tmp` behind).
-    let fail = |e: std::io::Error, what: String| {
-        let _ = std::fs::remove_file(&tmp);
-        Err(anyhow::Error::from(e).context(what))
-    };
-    if let Err(e) = safetensors::serialize_to_file(views, info, &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(anyhow::Error::from(e).context(format!("writing {}", tmp.display())));
-    }
-    if let Err(e) = File::open(&tmp).and_then(|f| f.sync_all()) {
-        return fail(e, format!("fsync {}", tmp.display()));
-    }
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        return fail(e, format!("renaming {} to {}", tmp.display(), path.display()));
-    }
-    // Make the rename itself durable (best effort: not every platform can open a directory).
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    // memory); the helper fsyncs before the rename.
+    crate::io::atomic::write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(views, info, tmp).with_context(|| format!("writing {}", tmp.display()))
+    })
 }
 
 #[cfg(test)]
@@ -263,7 +237,7 @@ mod tests {
         let p = dir.path().join("x.safetensors");
         let meta = HashMap::from([("k".to_string(), "{\"v\": 1}".to_string())]);
         write_safetensors_atomic(&p, &sample(), &meta).unwrap();
-        assert!(!dir.path().join("x.safetensors.tmp").exists());
+        assert!(crate::io::atomic::stale_temps(&dir.path().join("x.safetensors")).is_empty());
         let (m, md) = read_safetensors(&p).unwrap();
         assert_eq!(m, sample());
         assert_eq!(md, meta);

@@ -93,9 +93,7 @@ impl SparkConfig {
         if self.input_size == 0 || self.input_size % PATCH != 0 {
             bail!("--input-size {} must be a positive multiple of {PATCH}", self.input_size);
         }
-        if !(0.0..1.0).contains(&self.mask_ratio) {
-            bail!("--mask-ratio {} must be in [0, 1)", self.mask_ratio);
-        }
+        crate::train::ranges::MASK_RATIO.check("--mask-ratio", self.mask_ratio)?;
         if self.dec_width < 32 || self.dec_width % 32 != 0 {
             bail!("--dec-width {} must be a multiple of 32 (the decoder halves it five times)", self.dec_width);
         }

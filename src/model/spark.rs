@@ -139,6 +139,7 @@ impl<'c> SparkModel<'c> {
         options: BuildOptions,
     ) -> Result<Self> {
         cfg.validate()?;
+        crate::train::ranges::DROP_PATH.check("drop-path rate", options.drop_path_rate)?;
         anyhow::ensure!(visible_per_image >= 1, "every image must keep at least one visible patch");
         let train = optimizer.is_some();
         let mut reg = ParamRegistry::default();

@@ -12,6 +12,9 @@ struct Slot {
     /// (step, mapped result) once the callback fired.
     state: Arc<Mutex<Option<Result<(), wgpu::BufferAsyncError>>>>,
     step: Option<usize>,
+    /// The submission holding this slot's copy: a busy slot waits for it alone, not for
+    /// the whole queue (later steps already submitted keep the GPU busy meanwhile).
+    submission: Option<wgpu::SubmissionIndex>,
 }
 
 pub struct LossRing {
@@ -31,6 +34,7 @@ impl LossRing {
                 }),
                 state: Arc::new(Mutex::new(None)),
                 step: None,
+                submission: None,
             })
             .collect();
         Self { slots, next: 0 }
@@ -43,13 +47,17 @@ impl LossRing {
         self.next = (self.next + 1) % self.slots.len();
         if self.slots[i].step.is_some() {
             while !self.collect_slot(i, out)? {
-                ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("{e}"))?;
+                let poll = match self.slots[i].submission.clone() {
+                    Some(idx) => wgpu::PollType::Wait { submission_index: Some(idx), timeout: None },
+                    None => wgpu::PollType::wait_indefinitely(),
+                };
+                ctx.device.poll(poll).map_err(|e| anyhow!("waiting for the loss of a step: {e}"))?;
             }
         }
         let slot = &mut self.slots[i];
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&loss.buffer, loss.offset, &slot.buffer, 0, 4);
-        ctx.queue.submit([enc.finish()]);
+        slot.submission = Some(ctx.queue.submit([enc.finish()]));
         let state = slot.state.clone();
         slot.buffer.map_async(wgpu::MapMode::Read, .., move |r| {
             *state.lock().unwrap() = Some(r);
@@ -70,6 +78,7 @@ impl LossRing {
         };
         slot.buffer.unmap();
         slot.step = None;
+        slot.submission = None;
         out.push((step, v));
         Ok(true)
     }

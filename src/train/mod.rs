@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod init;
 mod loss_ring;
 pub mod plot;
+pub mod ranges;
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,31 @@ impl PretrainConfig {
         &self.spark.encoder
     }
 
+    /// Every option in its range (see [`ranges`]): a `config.json` edited by hand, or one
+    /// holding `null` where an older version wrote a NaN, is refused with the option's name.
+    pub fn validate(&self) -> Result<()> {
+        self.spark.validate()?;
+        ranges::BATCH.check("--batch", self.batch)?;
+        ranges::EPOCHS.check("--epochs", self.epochs)?;
+        if let Some(m) = self.max_steps {
+            ranges::MAX_STEPS.check("--max-steps", m)?;
+        }
+        if let Some(s) = self.save_every {
+            ranges::SAVE_EVERY.check("--save-every", s)?;
+        }
+        ranges::BASE_LR.check("--base-lr", self.base_lr)?;
+        ranges::WARMUP_EPOCHS.check("--warmup-epochs", self.warmup_epochs)?;
+        ranges::WEIGHT_DECAY.check("--weight-decay", self.weight_decay)?;
+        ranges::WEIGHT_DECAY.check("--weight-decay-end", self.weight_decay_end)?;
+        ranges::BETA2.check("--beta2", self.beta2)?;
+        ranges::DROP_PATH.check("--drop-path", self.drop_path)?;
+        ranges::WORKERS.check("--workers", self.workers)?;
+        if self.data.is_none() {
+            ranges::IMAGES.check("--procedural-images", self.procedural_images)?;
+        }
+        Ok(())
+    }
+
     fn lamb(&self) -> LambConfig {
         LambConfig { beta1: 0.9, beta2: self.beta2 as f32, eps: 1e-6, max_grad_norm: 5.0 }
     }
@@ -73,6 +99,8 @@ pub struct RunSummary {
     pub run_dir: PathBuf,
     /// Unreadable images reported and skipped.
     pub skipped_images: usize,
+    /// The checkpoint a `--resume` continues from (None: stopped before any was written).
+    pub checkpoint: Option<PathBuf>,
 }
 
 fn open_source(cfg: &PretrainConfig) -> Result<Arc<dyn ImageSource>> {
@@ -96,7 +124,7 @@ pub fn pretrain(
     stop: Arc<AtomicBool>,
     progress: bool,
 ) -> Result<RunSummary> {
-    cfg.spark.validate()?;
+    cfg.validate()?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
     let source = open_source(cfg)?;
     let mut loader = Loader::new(
@@ -110,12 +138,13 @@ pub fn pretrain(
             prefetch: 4,
         },
     )?;
-    loader.on_skip(|msg| eprintln!("warning: {msg}"));
+    // The loader's messages carry their own "warning:".
+    loader.on_skip(|msg| eprintln!("{msg}"));
     let spe = loader.steps_per_epoch();
     let schedule_len = cfg.epochs * spe;
     let total = cfg.max_steps.map_or(schedule_len, |m| m.min(schedule_len));
     if total == 0 {
-        bail!("nothing to do: --epochs {} × {spe} steps per epoch, --max-steps {:?}", cfg.epochs, cfg.max_steps);
+        bail!("nothing to do: --epochs {} × {spe} steps per epoch is 0 steps", cfg.epochs);
     }
     let warmup_it = (cfg.warmup_epochs * spe as f64).round() as usize;
     let peak = peak_lr(cfg.base_lr, cfg.batch);
@@ -124,6 +153,17 @@ pub fn pretrain(
     let visible = cfg.spark.visible_per_image();
     let mut model = SparkModel::build_full(ctx, cfg.spark.clone(), cfg.batch, Some(cfg.lamb()), visible, options)?;
     let ckpt_path = run_dir.join(CHECKPOINT_FILE);
+    if resume {
+        recover_checkpoint(&ckpt_path)?;
+    }
+    // Temporaries of writes a kill interrupted (a checkpoint's is as large as the
+    // checkpoint): nothing else writes this run directory, so they are garbage now.
+    for f in [CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, CURVE_FILE] {
+        let freed = crate::io::atomic::remove_stale_temps(&run_dir.join(f));
+        if freed > 0 {
+            eprintln!("removed {:.1} MiB of temporary files an interrupted write of {f} left", freed as f64 / (1 << 20) as f64);
+        }
+    }
     let mut start = 0usize;
     if resume {
         let (t, meta) = checkpoint::read_any(&ckpt_path)?;
@@ -132,6 +172,18 @@ pub fn pretrain(
             .get("next_step")
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("{}: no next_step in the metadata", ckpt_path.display()))?;
+        // Log lines are written before the checkpoint that covers them: drop those of
+        // steps the checkpoint does not hold, or the resumed run would log them twice.
+        truncate_log(&run_dir.join(LOG_FILE), start)?;
+        if start >= total {
+            bail!(
+                "nothing to do: {} is at step {start} and the run ends at step {total} \
+                 ({} epochs × {spe} steps{}); raise --max-steps or --epochs to continue",
+                run_dir.display(),
+                cfg.epochs,
+                cfg.max_steps.map_or(String::new(), |m| format!(", --max-steps {m}"))
+            );
+        }
         eprintln!("resuming at step {start} of {total} from {}", ckpt_path.display());
     } else {
         let specs = model.params().specs.clone();
@@ -150,8 +202,7 @@ pub fn pretrain(
                 if r.unexpected.is_empty() { String::new() } else { format!(", {} in the file unused", r.unexpected.len()) }
             );
         }
-        let json = serde_json::to_string_pretty(cfg)?;
-        std::fs::write(run_dir.join(CONFIG_FILE), json).context("writing config.json")?;
+        write_run_config(run_dir, cfg)?;
     }
     eprintln!(
         "{} on {}: {} steps ({} per epoch), batch {}, peak lr {peak:.2e}, {} dispatches per step, {:.1} MiB of GPU buffers",
@@ -202,10 +253,19 @@ pub fn pretrain(
             bar.set_message(format!("loss {l:.4}  {ips:.1} img/s"));
             losses.push((s, l));
             if !l.is_finite() {
+                let ckpt = run_dir.join(CHECKPOINT_FILE);
+                if ckpt.exists() {
+                    bail!(
+                        "the loss became {l} at step {s}; stopping. The last good checkpoint ({}) is intact: \
+                         lower --base-lr or check the data, then --resume {} --base-lr …",
+                        ckpt.display(),
+                        run_dir.display()
+                    );
+                }
                 bail!(
-                    "the loss became {l} at step {s}; stopping. The last good checkpoint ({}) is intact: \
-                     lower --base-lr or check the data, then --resume",
-                    run_dir.join(CHECKPOINT_FILE).display()
+                    "the loss became {l} at step {s}, before any checkpoint was written; stopping. \
+                     Lower --base-lr or check the data and start again (a new --out, or delete {})",
+                    run_dir.display()
                 );
             }
         }
@@ -263,6 +323,7 @@ pub fn pretrain(
         interrupted,
         run_dir: run_dir.to_path_buf(),
         skipped_images: loader.skipped_images(),
+        checkpoint: ckpt_path.exists().then_some(ckpt_path),
     })
 }
 
@@ -282,6 +343,86 @@ fn read_log_losses(path: &Path, before: usize) -> Vec<(usize, f32)> {
         .filter_map(|v| Some((v["step"].as_u64()? as usize, v["loss"].as_f64()? as f32)))
         .filter(|(s, _)| *s < before)
         .collect()
+}
+
+/// A resumed run's changed options: the new `config.json` and one log line
+/// `{"event": "resume", "step": …, "changed": {option: [old, new]}}`.
+pub fn record_resume_changes(run_dir: &Path, cfg: &PretrainConfig, changes: &[(String, String, String)]) -> Result<()> {
+    write_run_config(run_dir, cfg)?;
+    let changed: serde_json::Map<String, serde_json::Value> =
+        changes.iter().map(|(o, a, b)| (o.clone(), serde_json::json!([a, b]))).collect();
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join(LOG_FILE))
+        .context("opening log.jsonl")?;
+    write_json_line(&mut log, serde_json::json!({"event": "resume", "changed": changed}))
+}
+
+/// Write `config.json` (atomically).
+pub fn write_run_config(run_dir: &Path, cfg: &PretrainConfig) -> Result<()> {
+    let json = serde_json::to_string_pretty(cfg)?;
+    crate::io::atomic::write_atomic(&run_dir.join(CONFIG_FILE), json.as_bytes())
+}
+
+/// Keep only the log lines of steps before `next_step` (the checkpoint's), atomically.
+fn truncate_log(path: &Path, next_step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let mut kept = String::new();
+    let mut dropped = 0usize;
+    for line in text.lines() {
+        let v = serde_json::from_str::<serde_json::Value>(line).ok();
+        let keep = match v {
+            // Events (a resume's changed options) carry no step.
+            Some(v) if v.get("event").is_some() => true,
+            Some(v) => v["step"].as_u64().is_some_and(|s| (s as usize) < next_step),
+            // A torn last line (kill during a write).
+            None => false,
+        };
+        match keep {
+            true => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            false => dropped += 1,
+        }
+    }
+    if dropped > 0 {
+        crate::io::atomic::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A kill between the last fsync and the rename of the *first* checkpoint leaves only its
+/// temporary file. If the checkpoint is missing, adopt the newest temporary that reads as
+/// a complete checkpoint (safetensors checks every tensor's extent against the file size,
+/// so a torn write is refused); otherwise say what was found.
+fn recover_checkpoint(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let temps = crate::io::atomic::stale_temps(path);
+    for t in &temps {
+        let complete = crate::io::read_safetensors(t).is_ok_and(|(_, meta)| meta.contains_key("next_step"));
+        if complete {
+            std::fs::rename(t, path).with_context(|| format!("renaming {} to {}", t.display(), path.display()))?;
+            eprintln!("recovered {} from the complete temporary file {} (the run was killed as it renamed it)", path.display(), t.display());
+            return Ok(());
+        }
+    }
+    if let Some(t) = temps.first() {
+        bail!(
+            "{} does not exist; only {} (a checkpoint write that was cut short, incomplete) was found: \
+             the run stopped before its first checkpoint, start it again",
+            path.display(),
+            t.display()
+        );
+    }
+    bail!(
+        "{} does not exist: the run stopped before its first checkpoint (start it again), or {} is not a run directory",
+        path.display(),
+        path.parent().unwrap_or(Path::new(".")).display()
+    );
 }
 
 /// The configuration stored in a run directory.

@@ -50,5 +50,8 @@ pub fn write_loss_curve(path: &Path, losses: &[(usize, f32)], width: u32, height
             line(&mut img, map(w[0]), map(w[1]), Rgb([200, 40, 40]));
         }
     }
-    img.save(path).with_context(|| format!("writing {}", path.display()))
+    crate::io::atomic::write_atomic_with(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png).with_context(|| format!("writing {}", tmp.display()))
+    })
+    .with_context(|| format!("writing {}", path.display()))
 }

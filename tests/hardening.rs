@@ -1,0 +1,120 @@
+//! Issue 9 hardening (items 6, 10, 11, 13): options refused at parse time with their name
+//! and range, resume honours the schedule options and refuses the rest by name, a resumed
+//! run drops log lines its checkpoint does not cover and removes stale temporaries.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spark-wgpu")).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const TINY: &[&str] = &[
+    "pretrain", "--model", "resnet_tiny", "--input-size", "64", "--dec-width", "32", "--batch", "4",
+    "--procedural-images", "16", "--epochs", "2", "--workers", "1", "--quiet",
+];
+
+fn tiny(out: &Path, extra: &[&str]) -> Output {
+    let mut a: Vec<&str> = TINY.to_vec();
+    a.extend(["--out", out.to_str().unwrap()]);
+    a.extend(extra);
+    bin(&a)
+}
+
+#[test]
+fn bad_options_are_refused_at_parse_time_naming_option_and_range() {
+    for (opt, v, range) in [
+        ("--drop-path", "1.5", "[0, 1)"),
+        ("--drop-path", "nan", "[0, 1)"),
+        ("--drop-path", "-0.1", "[0, 1)"),
+        ("--base-lr", "nan", "> 0"),
+        ("--beta2", "1.5", "(0, 1)"),
+        ("--weight-decay", "nan", "≥ 0"),
+        ("--warmup-epochs", "-1", "≥ 0"),
+        ("--save-every", "0", "≥ 1"),
+        ("--mask-ratio", "0", "(0, 1)"),
+        ("--batch", "1", "≥ 2"),
+    ] {
+        let o = bin(&["pretrain", opt, v]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{opt} {v}: {e}");
+        assert!(e.contains(opt) && e.contains(range), "{opt} {v}: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+    }
+}
+
+#[test]
+fn resume_honours_schedule_options_refuses_others_and_truncates_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = tiny(&run, &["--max-steps", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = run.to_str().unwrap();
+
+    // Options that fix the graph or the data order are refused by name.
+    let o = bin(&["pretrain", "--resume", r, "--batch", "8"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--batch cannot change"), "{}", stderr(&o));
+
+    // A kill -9 after logging step 2 but before its checkpoint, mid-write of a checkpoint.
+    let log = run.join("log.jsonl");
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str("{\"step\":2,\"loss\":1.0}\n{\"step\":3,\"lo");
+    std::fs::write(&log, text).unwrap();
+    let stale = run.join(".checkpoint.safetensors.XyZ123.tmp");
+    std::fs::write(&stale, vec![0u8; 1000]).unwrap();
+
+    let o = bin(&["pretrain", "--resume", r, "--max-steps", "3", "--base-lr", "1e-4", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stale.exists(), "stale temporary kept");
+    let steps: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["step"].as_u64())
+        .collect();
+    assert_eq!(steps, vec![0, 1, 2], "the log repeats or loses a step");
+    let cfg = spark_wgpu::train::read_run_config(&run).unwrap();
+    assert_eq!((cfg.base_lr, cfg.max_steps), (1e-4, Some(3)));
+
+    // Nothing left to do says so plainly.
+    let o = bin(&["pretrain", "--resume", r]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("nothing to do") && !e.contains("Some("), "{e}");
+}
+
+#[test]
+fn a_complete_first_checkpoint_left_as_a_temporary_is_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert!(tiny(&run, &["--max-steps", "1"]).status.success());
+    // As if killed between the fsync and the rename of the first checkpoint.
+    let ck = run.join("checkpoint.safetensors");
+    std::fs::rename(&ck, run.join(".checkpoint.safetensors.abc.tmp")).unwrap();
+    let o = bin(&["pretrain", "--resume", run.to_str().unwrap(), "--max-steps", "2", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("recovered"), "{}", stderr(&o));
+
+    // A torn temporary is not adopted, and the message says what was found.
+    std::fs::remove_file(&ck).unwrap();
+    std::fs::write(run.join(".checkpoint.safetensors.def.tmp"), b"\x10\0\0\0\0\0\0\0{\"a\":").unwrap();
+    let o = bin(&["pretrain", "--resume", run.to_str().unwrap(), "--max-steps", "3"]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("cut short"), "{e}");
+}
+
+#[test]
+fn no_driver_noise_on_a_headless_machine() {
+    let o = Command::new(env!("CARGO_BIN_EXE_spark-wgpu"))
+        .arg("devices")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .unwrap();
+    assert!(!stderr(&o).contains("XDG_RUNTIME_DIR"), "{}", stderr(&o));
+}
