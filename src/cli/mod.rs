@@ -30,11 +30,15 @@ pub struct GpuArgs {
     /// vulkan, metal, dx12 or gl; env SPARK_WGPU_BACKEND.
     #[arg(long, global = true)]
     pub backend: Option<String>,
+    /// Conv kernel family: auto (by device type), cpu or gpu (forces the GPU family on any
+    /// adapter, e.g. to test it on lavapipe); env SPARK_WGPU_KERNELS.
+    #[arg(long, global = true, value_parser = ["auto", "cpu", "gpu"])]
+    pub kernels: Option<String>,
 }
 
 impl GpuArgs {
     pub fn choice(&self) -> AdapterChoice {
-        AdapterChoice { name: self.adapter.clone(), backend: self.backend.clone() }
+        AdapterChoice { name: self.adapter.clone(), backend: self.backend.clone(), kernels: self.kernels.clone() }
     }
 
     pub fn open(&self) -> Result<GpuContext> {

@@ -12,26 +12,69 @@ use std::sync::{Arc, Mutex};
 
 use super::kernel::Kernel;
 
-/// Which adapter to use: a name substring and/or a backend.
+/// Which kernel family the convolution ops choose from (`--kernels`, env
+/// `SPARK_WGPU_KERNELS`). `Auto` takes the family made for the adapter's device type; the
+/// others force one, so that the GPU family is exercised end to end on lavapipe (CI) and
+/// the CPU family can be compared on a GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KernelSet {
+    #[default]
+    Auto,
+    /// Large register tiles for CPU drivers (lavapipe, SwiftShader, WARP).
+    Cpu,
+    /// Register tiles sized for GPUs.
+    Gpu,
+}
+
+impl std::str::FromStr for KernelSet {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => Self::Auto,
+            "cpu" => Self::Cpu,
+            "gpu" => Self::Gpu,
+            other => bail!("unknown kernel set {other:?} (--kernels / SPARK_WGPU_KERNELS): expected auto, cpu or gpu"),
+        })
+    }
+}
+
+impl KernelSet {
+    /// `Cpu` or `Gpu`: what `Auto` means on an adapter of `device_type`.
+    pub fn resolve(self, device_type: wgpu::DeviceType) -> Self {
+        match self {
+            Self::Auto if device_type == wgpu::DeviceType::Cpu => Self::Cpu,
+            Self::Auto => Self::Gpu,
+            other => other,
+        }
+    }
+}
+
+/// Which adapter to use: a name substring and/or a backend, and the kernel family.
 #[derive(Clone, Debug, Default)]
 pub struct AdapterChoice {
     /// Case-insensitive substring of the adapter name (`--adapter`).
     pub name: Option<String>,
     /// `vulkan`, `metal`, `dx12` or `gl` (`--backend`).
     pub backend: Option<String>,
+    /// `auto`, `cpu` or `gpu` (`--kernels`).
+    pub kernels: Option<String>,
 }
 
 impl AdapterChoice {
     /// Read `SPARK_WGPU_ADAPTER` and `SPARK_WGPU_BACKEND` (library use without a CLI).
     pub fn from_env() -> Self {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Self { name: get("SPARK_WGPU_ADAPTER"), backend: get("SPARK_WGPU_BACKEND") }
+        Self { name: get("SPARK_WGPU_ADAPTER"), backend: get("SPARK_WGPU_BACKEND"), kernels: get("SPARK_WGPU_KERNELS") }
     }
 
     /// Fill unset fields from the environment.
     pub fn or_env(self) -> Self {
         let env = Self::from_env();
-        Self { name: self.name.or(env.name), backend: self.backend.or(env.backend) }
+        Self { name: self.name.or(env.name), backend: self.backend.or(env.backend), kernels: self.kernels.or(env.kernels) }
+    }
+
+    fn kernel_set(&self) -> Result<KernelSet> {
+        self.kernels.as_deref().map_or(Ok(KernelSet::Auto), str::parse)
     }
 
     /// The backends to search (`PRIMARY` when no backend was chosen).
@@ -67,6 +110,8 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// The conv kernel family in use (`Cpu` or `Gpu`, never `Auto`).
+    pub kernel_set: KernelSet,
     pub(crate) kernels: Mutex<HashMap<(String, String), Arc<Kernel>>>,
     pub(crate) allocated_bytes: AtomicU64,
 }
@@ -103,6 +148,7 @@ impl GpuContext {
     pub fn new(choice: &AdapterChoice) -> Result<Self> {
         let choice = choice.clone().or_env();
         let backends = choice.backends()?;
+        let kernel_set = choice.kernel_set()?;
         let inst = instance(backends);
         let adapter = match &choice.name {
             Some(want) => {
@@ -134,6 +180,7 @@ impl GpuContext {
             }
         };
         let info = adapter.get_info();
+        let kernel_set = kernel_set.resolve(info.device_type);
         let limits = adapter.limits();
         let features = adapter.features() & OPTIONAL_FEATURES;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -151,6 +198,7 @@ impl GpuContext {
             info,
             limits,
             features,
+            kernel_set,
             kernels: Mutex::new(HashMap::new()),
             allocated_bytes: AtomicU64::new(0),
         })
@@ -164,8 +212,8 @@ impl GpuContext {
     /// One line naming the adapter: "llvmpipe (LLVM 15.0.7, 256 bits) (Vulkan, Cpu, driver ...)".
     pub fn describe(&self) -> String {
         format!(
-            "{} ({:?}, {:?}, {} {})",
-            self.info.name, self.info.backend, self.info.device_type, self.info.driver, self.info.driver_info
+            "{} ({:?}, {:?}, {} {}, {:?} kernels)",
+            self.info.name, self.info.backend, self.info.device_type, self.info.driver, self.info.driver_info, self.kernel_set
         )
     }
 

@@ -6,7 +6,7 @@ mod profiler;
 mod shaders;
 mod tensor;
 
-pub use context::{AdapterChoice, GpuContext, list_adapters, AdapterReport};
+pub use context::{AdapterChoice, KernelSet, GpuContext, list_adapters, AdapterReport};
 pub use kernel::{Dispatch, Kernel, BindingKind};
 pub use shaders::{shader_source, SHADERS};
 pub use tensor::GpuTensor;

@@ -89,8 +89,9 @@ thread_local! {
     pub(crate) static FORCE_WGRAD: std::cell::Cell<Option<WgradTile>> = const { std::cell::Cell::new(None) };
 }
 
+/// Whether the CPU-driver family is in use (`--kernels`, by default the device type).
 pub(crate) fn is_cpu(ctx: &GpuContext) -> bool {
-    ctx.info.device_type == wgpu::DeviceType::Cpu
+    ctx.kernel_set == crate::gpu::KernelSet::Cpu
 }
 
 pub(crate) fn wgrad_tile_for(ctx: &GpuContext, s: &ConvShape) -> WgradTile {
