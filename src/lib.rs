@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod gpu;
 pub mod graph;
 pub mod io;
