@@ -268,7 +268,7 @@ pub fn pretrain(
             last_ckpt = step;
         }
         if let Some((n, v)) = viz.as_mut()
-            && (step % *n == 0 || step == total)
+            && (step.is_multiple_of(*n) || step == total)
         {
             let (path, loss) = v.write(&model, step)?;
             if let Some(tb) = tb.as_mut() {
