@@ -34,6 +34,8 @@ fn tiny_cfg(data: Option<PathBuf>, max_steps: usize) -> PretrainConfig {
         init_weights: None,
         save_every: None,
         drop_path: 0.1,
+        viz_every: None,
+        tensorboard: false,
     }
 }
 

@@ -101,6 +101,8 @@ fn reconstructs_with_a_checkpoint_of_a_short_run() {
         init_weights: None,
         save_every: None,
         drop_path: 0.1,
+        viz_every: None,
+        tensorboard: false,
     };
     let ctx = GpuContext::new_default().unwrap();
     pretrain(&ctx, &cfg, run.path(), false, Arc::new(AtomicBool::new(false)), false).unwrap();

@@ -72,6 +72,14 @@ pub struct PretrainArgs {
     /// Write a checkpoint every N steps (default: every epoch).
     #[arg(long, value_parser = |s: &str| R::SAVE_EVERY.parse(s))]
     pub save_every: Option<usize>,
+    /// Every N steps write `viz/step_<N>.png`: the reconstruction grid (input, masked,
+    /// reconstruction, pasted) of fixed held-out images under a fixed mask.
+    #[arg(long)]
+    pub viz_every: Option<usize>,
+    /// Do not write TensorBoard scalars (by default: `<run>/tb/`, view with
+    /// `tensorboard --logdir <run>/tb`).
+    #[arg(long)]
+    pub no_tensorboard: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -166,6 +174,8 @@ pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
                 workers: a.workers,
                 init_weights: a.init_weights.clone(),
                 save_every: a.save_every,
+                viz_every: a.viz_every,
+                tensorboard: !a.no_tensorboard,
                 drop_path: a.drop_path.unwrap_or_else(|| crate::ops::drop_path::official_drop_path_rate(&a.model)),
             };
             let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", a.model)));
@@ -187,7 +197,7 @@ pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
     eprintln!("adapter: {}", ctx.describe());
     let r = pretrain(&ctx, &cfg, &dir, resume, stop, !a.quiet)?;
     println!(
-        "{} after {} steps: loss {} → {}; run directory {} (config.json, log.jsonl, checkpoint.safetensors, loss.png){}",
+        "{} after {} steps: loss {} → {}; run directory {}{}",
         cfg.model,
         r.steps_done,
         r.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
@@ -199,5 +209,11 @@ pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
             _ => String::new(),
         }
     );
+    for (what, p) in &r.outputs {
+        println!("  {what:<27} {}", p.display());
+    }
+    if let Some(tb) = &r.tensorboard_dir {
+        println!("view the scalars with: tensorboard --logdir {}", tb.display());
+    }
     Ok(())
 }

@@ -7,17 +7,18 @@
 //! de-normalisation and clamping.
 
 use anyhow::{Context as _, Result, bail};
-use image::{Rgb, RgbImage};
 use rand::SeedableRng;
 use std::path::PathBuf;
 
 use super::GpuArgs;
-use crate::data::{IMAGENET_MEAN, IMAGENET_STD, center_crop_normalized, sample_mask};
+use crate::data::{center_crop_normalized, sample_mask};
 use crate::model::infer::infer_architecture;
-use crate::model::{PATCH, SparkConfig, SparkModel};
+use crate::model::{SparkConfig, SparkModel};
 use crate::sparse::PatchMask;
 use crate::train::checkpoint::{load, read_any};
 use crate::train::ranges as R;
+pub use crate::train::viz::{Reconstruction, render_grid};
+use crate::train::viz::reconstruct_batch;
 
 #[derive(clap::Args, Debug)]
 pub struct ReconstructArgs {
@@ -43,79 +44,6 @@ pub struct ReconstructArgs {
     /// Also write per-image masked-patch losses as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-}
-
-/// Result of reconstructing a batch, in normalised channels-last layout.
-pub struct Reconstruction {
-    pub size: usize,
-    pub inputs: Vec<f32>,
-    pub rec: Vec<f32>,
-    pub mask: PatchMask,
-    pub losses: Vec<f32>,
-}
-
-fn to_pixel(v: f32, c: usize) -> u8 {
-    ((v * IMAGENET_STD[c] + IMAGENET_MEAN[c]).clamp(0.0, 1.0) * 255.0).round() as u8
-}
-
-/// The four panels of every image, one row per image.
-pub fn render_grid(r: &Reconstruction) -> RgbImage {
-    let s = r.size;
-    let f = s / PATCH;
-    let b = r.mask.batch;
-    let mut grid = RgbImage::new(4 * s as u32, (b * s) as u32);
-    for i in 0..b {
-        let img = &r.inputs[i * s * s * 3..(i + 1) * s * s * 3];
-        let rec = &r.rec[i * s * s * 3..(i + 1) * s * s * 3];
-        // Per-patch mean and std (unbiased, + 1e-6) of the input, as the loss target.
-        let mut denorm = vec![0f32; s * s * 3];
-        for py in 0..f {
-            for px in 0..f {
-                let idx = |y: usize, x: usize, c: usize| ((py * PATCH + y) * s + px * PATCH + x) * 3 + c;
-                let n = (PATCH * PATCH * 3) as f64;
-                let mut sum = 0f64;
-                for y in 0..PATCH {
-                    for x in 0..PATCH {
-                        for c in 0..3 {
-                            sum += img[idx(y, x, c)] as f64;
-                        }
-                    }
-                }
-                let mean = sum / n;
-                let mut var = 0f64;
-                for y in 0..PATCH {
-                    for x in 0..PATCH {
-                        for c in 0..3 {
-                            var += (img[idx(y, x, c)] as f64 - mean).powi(2);
-                        }
-                    }
-                }
-                let std = (var / (n - 1.0) + 1e-6).sqrt();
-                for y in 0..PATCH {
-                    for x in 0..PATCH {
-                        for c in 0..3 {
-                            denorm[idx(y, x, c)] = (rec[idx(y, x, c)] as f64 * std + mean) as f32;
-                        }
-                    }
-                }
-            }
-        }
-        for y in 0..s {
-            for x in 0..s {
-                let visible = r.mask.is_visible(i, y / PATCH, x / PATCH);
-                let px = |v: &[f32]| Rgb([to_pixel(v[0], 0), to_pixel(v[1], 1), to_pixel(v[2], 2)]);
-                let o = (y * s + x) * 3;
-                let input = px(&img[o..o + 3]);
-                let recon = px(&denorm[o..o + 3]);
-                let gy = (i * s + y) as u32;
-                grid.put_pixel(x as u32, gy, input);
-                grid.put_pixel((s + x) as u32, gy, if visible { input } else { Rgb([128, 128, 128]) });
-                grid.put_pixel((2 * s + x) as u32, gy, recon);
-                grid.put_pixel((3 * s + x) as u32, gy, if visible { input } else { recon });
-            }
-        }
-    }
-    grid
 }
 
 pub fn run(gpu: &GpuArgs, a: &ReconstructArgs) -> Result<()> {
@@ -161,17 +89,7 @@ pub fn run(gpu: &GpuArgs, a: &ReconstructArgs) -> Result<()> {
     if !unexpected.is_empty() {
         eprintln!("note: {} tensors of the checkpoint are not used by the model (e.g. {})", unexpected.len(), unexpected[0]);
     }
-    model.set_batch(&inputs, &mask)?;
-    ctx.run(&model.graph.forward)?;
-    let rec = ctx.read_f32(model.graph.tensor(model.rec))?;
-    let per_patch = ctx.read_f32(&model.per_patch_loss)?;
-    let losses: Vec<f32> = (0..b)
-        .map(|i| {
-            let masked = (0..f * f).filter(|&p| mask.visible[i * f * f + p] == 0).count().max(1);
-            per_patch[i * f * f..(i + 1) * f * f].iter().sum::<f32>() / masked as f32
-        })
-        .collect();
-    let rc = Reconstruction { size, inputs, rec, mask, losses };
+    let rc = reconstruct_batch(&mut model, inputs, mask)?;
     render_grid(&rc).save(&a.out).with_context(|| format!("writing {}", a.out.display()))?;
     println!("wrote {} ({} rows × 4 panels of {size}×{size})", a.out.display(), b);
     if let Some(j) = &a.json {

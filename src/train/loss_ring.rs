@@ -15,6 +15,7 @@ struct Slot {
     /// The submission holding this slot's copy: a busy slot waits for it alone, not for
     /// the whole queue (later steps already submitted keep the GPU busy meanwhile).
     submission: Option<wgpu::SubmissionIndex>,
+    has_extra: bool,
 }
 
 pub struct LossRing {
@@ -35,6 +36,7 @@ impl LossRing {
                 state: Arc::new(Mutex::new(None)),
                 step: None,
                 submission: None,
+                has_extra: false,
             })
             .collect();
         Self { slots, next: 0 }
@@ -42,7 +44,16 @@ impl LossRing {
 
     /// Queue a copy of `loss` (after the step's work) and an asynchronous map. If the
     /// slot is still in flight (the GPU is `size` steps behind), wait for it first.
-    pub fn push(&mut self, ctx: &GpuContext, step: usize, loss: &GpuTensor, out: &mut Vec<(usize, f32)>) -> Result<()> {
+    /// `extra` (the gradient norm) rides in the same slot, at byte 4: one map per step.
+    /// Results are (step, loss, extra or NaN).
+    pub fn push(
+        &mut self,
+        ctx: &GpuContext,
+        step: usize,
+        loss: &GpuTensor,
+        extra: Option<&GpuTensor>,
+        out: &mut Vec<(usize, f32, f32)>,
+    ) -> Result<()> {
         let i = self.next;
         self.next = (self.next + 1) % self.slots.len();
         if self.slots[i].step.is_some() {
@@ -57,6 +68,10 @@ impl LossRing {
         let slot = &mut self.slots[i];
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&loss.buffer, loss.offset, &slot.buffer, 0, 4);
+        if let Some(x) = extra {
+            enc.copy_buffer_to_buffer(&x.buffer, x.offset, &slot.buffer, 4, 4);
+        }
+        slot.has_extra = extra.is_some();
         slot.submission = Some(ctx.queue.submit([enc.finish()]));
         let state = slot.state.clone();
         slot.buffer.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -67,24 +82,25 @@ impl LossRing {
     }
 
     /// Collect slot `i` if its map completed. Returns whether the slot is free.
-    fn collect_slot(&mut self, i: usize, out: &mut Vec<(usize, f32)>) -> Result<bool> {
+    fn collect_slot(&mut self, i: usize, out: &mut Vec<(usize, f32, f32)>) -> Result<bool> {
         let slot = &mut self.slots[i];
         let Some(step) = slot.step else { return Ok(true) };
         let Some(r) = slot.state.lock().unwrap().take() else { return Ok(false) };
         r.map_err(|e| anyhow!("loss read-back: {e}"))?;
         let v = {
             let view = slot.buffer.get_mapped_range(..).map_err(|e| anyhow!("loss read-back: {e:?}"))?;
-            bytemuck::cast_slice::<u8, f32>(&view)[0]
+            let v = bytemuck::cast_slice::<u8, f32>(&view);
+            (v[0], if slot.has_extra { v[1] } else { f32::NAN })
         };
         slot.buffer.unmap();
         slot.step = None;
         slot.submission = None;
-        out.push((step, v));
+        out.push((step, v.0, v.1));
         Ok(true)
     }
 
     /// Losses that are ready now (non-blocking), in step order.
-    pub fn ready(&mut self, ctx: &GpuContext) -> Result<Vec<(usize, f32)>> {
+    pub fn ready(&mut self, ctx: &GpuContext) -> Result<Vec<(usize, f32, f32)>> {
         let _ = ctx.device.poll(wgpu::PollType::Poll);
         let mut out = vec![];
         for i in 0..self.slots.len() {
@@ -95,7 +111,7 @@ impl LossRing {
     }
 
     /// Wait for every pending loss.
-    pub fn drain(&mut self, ctx: &GpuContext) -> Result<Vec<(usize, f32)>> {
+    pub fn drain(&mut self, ctx: &GpuContext) -> Result<Vec<(usize, f32, f32)>> {
         ctx.wait()?;
         self.ready(ctx)
     }

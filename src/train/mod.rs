@@ -6,6 +6,8 @@ pub mod init;
 mod loss_ring;
 pub mod plot;
 pub mod ranges;
+pub mod tensorboard;
+pub mod viz;
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -46,6 +48,16 @@ pub struct PretrainConfig {
     /// Stochastic depth rate of the encoder (official per-model default).
     #[serde(default)]
     pub drop_path: f64,
+    /// Write a reconstruction grid of fixed held-out images every N steps (`viz/`).
+    #[serde(default)]
+    pub viz_every: Option<usize>,
+    /// Write TensorBoard scalars to `tb/` (on unless `--no-tensorboard`).
+    #[serde(default = "default_true")]
+    pub tensorboard: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -54,6 +66,8 @@ pub const LOG_FILE: &str = "log.jsonl";
 pub const CURVE_FILE: &str = "loss.png";
 /// Largest `config.json` read back (ours are ~1 KB): a larger file is not one of ours.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// loss.png size: three 300-px panels keep tick labels legible.
+pub const CURVE_SIZE: (u32, u32) = (900, 900);
 
 impl PretrainConfig {
     pub fn encoder(&self) -> &EncoderConfig {
@@ -101,6 +115,10 @@ pub struct RunSummary {
     pub skipped_images: usize,
     /// The checkpoint a `--resume` continues from (None: stopped before any was written).
     pub checkpoint: Option<PathBuf>,
+    /// Everything the run wrote, for the closing summary: (what, path).
+    pub outputs: Vec<(&'static str, PathBuf)>,
+    /// The TensorBoard folder, when written.
+    pub tensorboard_dir: Option<PathBuf>,
 }
 
 fn open_source(cfg: &PretrainConfig) -> Result<Arc<dyn ImageSource>> {
@@ -128,7 +146,7 @@ pub fn pretrain(
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
     let source = open_source(cfg)?;
     let mut loader = Loader::new(
-        source,
+        source.clone(),
         LoaderConfig {
             batch: cfg.batch,
             size: cfg.spark.input_size as u32,
@@ -226,11 +244,19 @@ pub fn pretrain(
     );
     bar.set_position(start as u64);
 
-    let mut losses: Vec<(usize, f32)> = read_log_losses(&run_dir.join(LOG_FILE), start);
+    let mut losses: Vec<plot::StepRecord> = read_log_records(&run_dir.join(LOG_FILE), start);
     let mut ring = LossRing::new(ctx, 4);
+    let grad_norm = model.optimizer.as_ref().map(|o| o.grad_norm());
+    let tb_dir = run_dir.join(tensorboard::TB_DIR);
+    let mut tb = if cfg.tensorboard { Some(tensorboard::EventWriter::create(&tb_dir)?) } else { None };
+    let mut viz = match cfg.viz_every {
+        Some(n) if n > 0 => Some((n, viz::Viz::new(ctx, cfg, source.as_ref(), run_dir)?)),
+        _ => None,
+    };
+    let mut last_viz: Option<PathBuf> = None;
     let f = cfg.spark.grid();
     let save_every = cfg.save_every.unwrap_or(spe).max(1);
-    let mut pending: Vec<(usize, f32)> = vec![];
+    let mut pending: Vec<(usize, f32, f32)> = vec![];
     let mut sched: HashMap<usize, (f64, f64)> = HashMap::new();
     loader.start(start / spe, start % spe);
     let t0 = Instant::now();
@@ -238,20 +264,27 @@ pub fn pretrain(
     let mut step = start;
     let mut last_ckpt = start;
     let record = |log: &mut std::fs::File,
-                      losses: &mut Vec<(usize, f32)>,
-                      done: &[(usize, f32)],
+                      tb: &mut Option<tensorboard::EventWriter>,
+                      losses: &mut Vec<plot::StepRecord>,
+                      done: &[(usize, f32, f32)],
                       sched: &HashMap<usize, (f64, f64)>,
                       bar: &indicatif::ProgressBar|
      -> Result<()> {
-        for &(s, l) in done {
+        for &(s, l, gn) in done {
             let (lr, wd) = sched.get(&s).copied().unwrap_or((0.0, 0.0));
             let ips = ((s + 1 - start) * cfg.batch) as f64 / t0.elapsed().as_secs_f64();
             write_json_line(
                 log,
                 serde_json::json!({"step": s, "epoch": s / spe, "loss": l, "lr": lr, "wd": wd, "images_per_s": ips, "elapsed_s": t0.elapsed().as_secs_f64()}),
             )?;
+            if let Some(tb) = tb {
+                tb.scalars(
+                    s,
+                    &[("loss", l), ("lr", lr as f32), ("wd", wd as f32), ("images_per_s", ips as f32), ("grad_norm", gn)],
+                )?;
+            }
             bar.set_message(format!("loss {l:.4}  {ips:.1} img/s"));
-            losses.push((s, l));
+            losses.push(plot::StepRecord { step: s, loss: l, lr, wd, images_per_s: ips });
             if !l.is_finite() {
                 let ckpt = run_dir.join(CHECKPOINT_FILE);
                 if ckpt.exists() {
@@ -282,23 +315,32 @@ pub fn pretrain(
         let (lr, wd) = lr_wd_at(peak, cfg.weight_decay, cfg.weight_decay_end, step, warmup_it, schedule_len);
         sched.insert(step, (lr, wd));
         model.train_step(step as u32 + 1, lr as f32, wd as f32)?;
-        ring.push(ctx, step, &model.loss, &mut pending)?;
+        ring.push(ctx, step, &model.loss, grad_norm.as_ref(), &mut pending)?;
         pending.extend(ring.ready(ctx)?);
         pending.sort_by_key(|p| p.0);
-        record(&mut log, &mut losses, &pending, &sched, &bar)?;
+        record(&mut log, &mut tb, &mut losses, &pending, &sched, &bar)?;
         pending.clear();
         step += 1;
         bar.set_position(step as u64);
         if step % save_every == 0 || step == total {
             // Never checkpoint past a non-finite loss: collect every loss first.
             let done = ring.drain(ctx)?;
-            record(&mut log, &mut losses, &done, &sched, &bar)?;
+            record(&mut log, &mut tb, &mut losses, &done, &sched, &bar)?;
             save_checkpoint(&model, &ckpt_path, cfg, step)?;
             last_ckpt = step;
         }
+        if let Some((n, v)) = viz.as_mut()
+            && (step.is_multiple_of(*n) || step == total)
+        {
+            let (path, loss) = v.write(&model, step)?;
+            if let Some(tb) = tb.as_mut() {
+                tb.scalars(step, &[("viz_loss", loss)])?;
+            }
+            last_viz = Some(path);
+        }
     }
     let done = ring.drain(ctx)?;
-    record(&mut log, &mut losses, &done, &sched, &bar)?;
+    record(&mut log, &mut tb, &mut losses, &done, &sched, &bar)?;
     if step != last_ckpt {
         save_checkpoint(&model, &ckpt_path, cfg, step)?;
     }
@@ -314,12 +356,26 @@ pub fn pretrain(
              (raise --workers or use smaller images)"
         );
     }
-    losses.sort_by_key(|p| p.0);
-    plot::write_loss_curve(&run_dir.join(CURVE_FILE), &losses, 800, 400)?;
+    losses.sort_by_key(|p| p.step);
+    plot::write_loss_curve(&run_dir.join(CURVE_FILE), &losses, CURVE_SIZE.0, CURVE_SIZE.1)?;
+    let mut outputs = vec![
+        ("config", run_dir.join(CONFIG_FILE)),
+        ("log", run_dir.join(LOG_FILE)),
+        ("checkpoint", ckpt_path.clone()),
+        ("loss curve", run_dir.join(CURVE_FILE)),
+    ];
+    if let Some(tb) = &tb {
+        outputs.push(("TensorBoard events", tb.path.clone()));
+    }
+    if let Some(p) = last_viz {
+        outputs.push(("latest reconstruction grid", p));
+    }
     Ok(RunSummary {
         steps_done: step,
-        first_loss: losses.first().map(|l| l.1),
-        last_loss: losses.last().map(|l| l.1),
+        first_loss: losses.first().map(|l| l.loss),
+        last_loss: losses.last().map(|l| l.loss),
+        outputs,
+        tensorboard_dir: tb.map(|_| tb_dir),
         interrupted,
         run_dir: run_dir.to_path_buf(),
         skipped_images: loader.skipped_images(),
@@ -335,13 +391,21 @@ fn save_checkpoint(model: &SparkModel, path: &Path, cfg: &PretrainConfig, next_s
     checkpoint::save(model, path, &meta)
 }
 
-/// Losses of earlier steps (for the curve of a resumed run).
-fn read_log_losses(path: &Path, before: usize) -> Vec<(usize, f32)> {
+/// Logged records of earlier steps (for the curves of a resumed run).
+fn read_log_records(path: &Path, before: usize) -> Vec<plot::StepRecord> {
     let Ok(text) = std::fs::read_to_string(path) else { return vec![] };
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| Some((v["step"].as_u64()? as usize, v["loss"].as_f64()? as f32)))
-        .filter(|(s, _)| *s < before)
+        .filter_map(|v| {
+            Some(plot::StepRecord {
+                step: v["step"].as_u64()? as usize,
+                loss: v["loss"].as_f64()? as f32,
+                lr: v["lr"].as_f64().unwrap_or(0.0),
+                wd: v["wd"].as_f64().unwrap_or(0.0),
+                images_per_s: v["images_per_s"].as_f64().unwrap_or(0.0),
+            })
+        })
+        .filter(|r| r.step < before)
         .collect()
 }
 
