@@ -61,7 +61,7 @@ pub fn shard(global_batch: usize, rank: usize, size: usize) -> Result<Range<usiz
     if size == 0 || rank >= size {
         bail!("rank {rank} out of range for world size {size}");
     }
-    if global_batch % size != 0 || global_batch < size {
+    if !global_batch.is_multiple_of(size) || global_batch < size {
         bail!("--batch {global_batch} does not split into {size} equal per-rank shares (the global batch must be a multiple of the rank count)");
     }
     let per = global_batch / size;
