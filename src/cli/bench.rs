@@ -82,6 +82,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs) -> Result<()> {
         seed: 0,
     };
     let mut model = SparkModel::build_full(&ctx, cfg.clone(), a.batch, Some(lamb), cfg.visible_per_image(), opts)?;
+    ctx.check("building the benchmark graph")?;
     let build_s = t_build.elapsed().as_secs_f64();
     let f = cfg.grid();
     let s = a.input_size;
@@ -104,6 +105,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs) -> Result<()> {
         let t = Instant::now();
         model.set_batch(&images, &mask)?;
         model.train_step(i as u32 + 1, 1e-4, 0.04)?;
+        ctx.check(&format!("benchmark step {}", i + 1))?;
         ctx.wait()?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         eprintln!("step {i}: {ms:.1} ms{}", if i < a.warmup { " (warm-up)" } else { "" });

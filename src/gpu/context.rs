@@ -114,6 +114,11 @@ pub struct GpuContext {
     pub kernel_set: KernelSet,
     pub(crate) kernels: Mutex<HashMap<(String, String), Arc<Kernel>>>,
     pub(crate) allocated_bytes: AtomicU64,
+    /// Errors wgpu reported outside an error scope. wgpu's default handler panics (a
+    /// binding over `max_storage_buffer_binding_size`, an out-of-memory buffer), which
+    /// would end a run without its checkpoint; here they are kept and turned into an
+    /// `Err` by [`GpuContext::check`].
+    errors: Arc<Mutex<Vec<wgpu::Error>>>,
 }
 
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
@@ -192,6 +197,13 @@ impl GpuContext {
             trace: wgpu::Trace::Off,
         }))
         .with_context(|| format!("creating a device on adapter {:?}", info.name))?;
+        let errors: Arc<Mutex<Vec<wgpu::Error>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e);
+            }
+        }));
         Ok(Self {
             device,
             queue,
@@ -201,6 +213,7 @@ impl GpuContext {
             kernel_set,
             kernels: Mutex::new(HashMap::new()),
             allocated_bytes: AtomicU64::new(0),
+            errors,
         })
     }
 
@@ -222,11 +235,49 @@ impl GpuContext {
         self.allocated_bytes.load(Ordering::Relaxed)
     }
 
+    /// `Err` naming `what` (the op or phase just recorded or run) if wgpu reported an
+    /// error since the last check: out of memory, a validation error, device loss.
+    pub fn check(&self, what: &str) -> Result<()> {
+        let errs = std::mem::take(&mut *self.errors.lock().map_err(|_| anyhow!("GPU error list poisoned"))?);
+        let Some(first) = errs.first() else { return Ok(()) };
+        let more = if errs.len() > 1 { format!(" (and {} more errors)", errs.len() - 1) } else { String::new() };
+        let hint = match first {
+            wgpu::Error::OutOfMemory { .. } => {
+                " — the GPU is out of memory: try a smaller --batch, --input-size or --dec-width"
+            }
+            _ => "",
+        };
+        bail!("{what}: the GPU ({}) reported: {first}{more}{hint}", self.info.name)
+    }
+
     /// Block until all submitted work is done.
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| anyhow!("waiting for the GPU: {e}"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wgpu_error_becomes_an_err_not_a_panic() {
+        let ctx = GpuContext::new_default().unwrap();
+        ctx.check("nothing yet").unwrap();
+        // A buffer over the adapter's limit is a validation error (wgpu's default handler
+        // would panic here).
+        let _b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("too large"),
+            size: ctx.limits.max_buffer_size.saturating_add(4),
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let e = ctx.check("allocating a test buffer").unwrap_err().to_string();
+        assert!(e.contains("allocating a test buffer") && e.contains("reported"), "{e}");
+        // Reported once.
+        ctx.check("after").unwrap();
     }
 }

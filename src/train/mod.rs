@@ -170,6 +170,7 @@ pub fn pretrain(
     let options = crate::model::spark::BuildOptions { dense_encoder: false, drop_path_rate: cfg.drop_path, seed: cfg.seed };
     let visible = cfg.spark.visible_per_image();
     let mut model = SparkModel::build_full(ctx, cfg.spark.clone(), cfg.batch, Some(cfg.lamb()), visible, options)?;
+    ctx.check("building the training graph")?;
     let ckpt_path = run_dir.join(CHECKPOINT_FILE);
     if resume {
         recover_checkpoint(&ckpt_path)?;
@@ -316,6 +317,7 @@ pub fn pretrain(
         sched.insert(step, (lr, wd));
         model.train_step(step as u32 + 1, lr as f32, wd as f32)?;
         ring.push(ctx, step, &model.loss, grad_norm.as_ref(), &mut pending)?;
+        ctx.check(&format!("training step {step}"))?;
         pending.extend(ring.ready(ctx)?);
         pending.sort_by_key(|p| p.0);
         record(&mut log, &mut tb, &mut losses, &pending, &sched, &bar)?;
