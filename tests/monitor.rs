@@ -2,9 +2,10 @@
 //! framing and CRCs), `--viz-every` reconstruction grids (deterministic, titled), and
 //! the three-panel loss.png.
 
+mod common;
+
 use image::{Rgb, RgbImage};
 use spark_wgpu::gpu::GpuContext;
-use spark_wgpu::model::{DensifyNorm, EncoderConfig, SparkConfig};
 use spark_wgpu::sparse::PatchMask;
 use spark_wgpu::train::tensorboard::{EventWriter, TB_DIR, read_events};
 use spark_wgpu::train::viz::{Reconstruction, TITLE_BAND, VIZ_DIR, VIZ_IMAGES, render_grid, render_titled_grid};
@@ -14,28 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 fn cfg(max_steps: usize) -> PretrainConfig {
-    let encoder = EncoderConfig::preset("resnet_tiny").unwrap();
-    PretrainConfig {
-        model: "resnet_tiny".into(),
-        spark: SparkConfig { densify_norm: DensifyNorm::Bn, encoder, input_size: 64, dec_width: 32, mask_ratio: 0.6 },
-        data: None,
-        procedural_images: 8,
-        batch: 2,
-        epochs: 4,
-        max_steps: Some(max_steps),
-        base_lr: 2e-2,
-        warmup_epochs: 1.0,
-        weight_decay: 0.04,
-        weight_decay_end: 0.2,
-        beta2: 0.95,
-        seed: 5,
-        workers: 2,
-        init_weights: None,
-        save_every: None,
-        drop_path: 0.1,
-        viz_every: Some(2),
-        tensorboard: true,
-    }
+    PretrainConfig { procedural_images: 8, seed: 5, viz_every: Some(2), tensorboard: true, ..common::tiny_pretrain_config(max_steps) }
 }
 
 fn run(cfg: &PretrainConfig, dir: &Path) -> spark_wgpu::train::RunSummary {

@@ -1,6 +1,8 @@
 //! End-to-end pre-training on tiny configurations: image folders with bad files,
 //! resume equality, official checkpoints in, export out, and the errors users meet.
 
+mod common;
+
 use image::{GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 use spark_wgpu::gpu::GpuContext;
 use spark_wgpu::io::golden::golden_dir;
@@ -15,28 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 fn tiny_cfg(data: Option<PathBuf>, max_steps: usize) -> PretrainConfig {
-    let encoder = EncoderConfig::preset("resnet_tiny").unwrap();
-    PretrainConfig {
-        model: "resnet_tiny".into(),
-        spark: SparkConfig { densify_norm: DensifyNorm::Bn, encoder, input_size: 64, dec_width: 32, mask_ratio: 0.6 },
-        data,
-        procedural_images: 16,
-        batch: 2,
-        epochs: 4,
-        max_steps: Some(max_steps),
-        base_lr: 2e-2,
-        warmup_epochs: 1.0,
-        weight_decay: 0.04,
-        weight_decay_end: 0.2,
-        beta2: 0.95,
-        seed: 3,
-        workers: 2,
-        init_weights: None,
-        save_every: None,
-        drop_path: 0.1,
-        viz_every: None,
-        tensorboard: false,
-    }
+    PretrainConfig { data, ..common::tiny_pretrain_config(max_steps) }
 }
 
 fn run(cfg: &PretrainConfig, dir: &Path, resume: bool) -> spark_wgpu::train::RunSummary {
