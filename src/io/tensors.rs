@@ -313,7 +313,9 @@ mod tests {
         std::fs::create_dir(&p).unwrap();
         std::fs::write(p.join("keep"), b"x").unwrap();
         assert!(write_safetensors_atomic(&p, &sample(), &HashMap::new()).is_err());
-        assert!(!dir.path().join("out.safetensors.tmp").exists());
+        // Whatever the temporary's name (io::atomic randomises it), only the folder remains.
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("out.safetensors")], "left behind: {left:?}");
         assert!(p.join("keep").exists());
     }
 
