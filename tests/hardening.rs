@@ -81,6 +81,13 @@ fn resume_honours_schedule_options_refuses_others_and_truncates_the_log() {
     let cfg = spark_wgpu::train::read_run_config(&run).unwrap();
     assert_eq!((cfg.base_lr, cfg.max_steps), (1e-4, Some(3)));
 
+    // The kernel family is part of the run: resuming under another one is refused, naming
+    // the flag that replays it (the first run took this adapter's own family).
+    let other = if spark_wgpu::gpu::GpuContext::new_default().unwrap().kernel_set.name() == "cpu" { "gpu" } else { "cpu" };
+    let o = bin(&["pretrain", "--resume", r, "--max-steps", "3", "--kernels", other, "--quiet"]);
+    let e = stderr(&o);
+    assert!(!o.status.success() && e.contains("kernel family") && e.contains("--kernels "), "{e}");
+
     // Nothing left to do says so plainly.
     let o = bin(&["pretrain", "--resume", r]);
     let e = stderr(&o);
@@ -117,4 +124,46 @@ fn no_driver_noise_on_a_headless_machine() {
         .output()
         .unwrap();
     assert!(!stderr(&o).contains("XDG_RUNTIME_DIR"), "{}", stderr(&o));
+}
+
+/// Item 4: a batch whose tensors the adapter cannot bind is refused before anything large
+/// is allocated, and the batch the message names does fit (and one more does not). The
+/// binding limit is lowered on the context so the case is small on every adapter.
+#[test]
+fn a_batch_over_the_binding_limit_is_refused_before_allocating_naming_a_batch_that_fits() {
+    use spark_wgpu::gpu::GpuContext;
+    use spark_wgpu::model::{DensifyNorm, EncoderConfig, SparkConfig, SparkModel};
+    use spark_wgpu::optim::lamb::LambConfig;
+    let mut ctx = GpuContext::new_default().unwrap();
+    ctx.limits.max_storage_buffer_binding_size = 4 << 20;
+    let cfg = SparkConfig {
+        densify_norm: DensifyNorm::Bn,
+        encoder: EncoderConfig::preset("resnet_tiny").unwrap(),
+        input_size: 64,
+        dec_width: 32,
+        mask_ratio: 0.6,
+    };
+    let lamb = Some(LambConfig::spark(0.95));
+    // The input image alone ([B·64·64, 3] f32) is over 4 MiB from batch 86 on.
+    let batch = 120;
+    let before = ctx.allocated_bytes();
+    let err = SparkModel::build(&ctx, cfg.clone(), batch, lamb).err().expect("batch 120 must not fit 4 MiB bindings").to_string();
+    assert_eq!(ctx.allocated_bytes(), before, "the refusal allocated buffers: {err}");
+    assert!(err.contains("batch 120") && err.contains("max_storage_buffer_binding_size") && err.contains("4.0 MiB"), "{err}");
+    let fits: usize = err
+        .split("use --batch ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no batch suggested: {err}"));
+    assert!((1..86).contains(&fits), "suggested batch {fits}: {err}");
+    let misfit = |b: usize| {
+        ctx.dry_run(|| SparkModel::build(&ctx, cfg.clone(), b, lamb)).unwrap().misfit(&ctx.limits)
+    };
+    assert_eq!(misfit(fits), None, "the suggested batch {fits} does not fit");
+    assert!(misfit(fits + 1).is_some(), "batch {} fits too: the suggestion is not the largest", fits + 1);
+    // And the suggested batch really builds and binds without a wgpu error.
+    let m = SparkModel::build(&ctx, cfg, fits, lamb).unwrap();
+    ctx.check("building the suggested batch").unwrap();
+    drop(m);
 }

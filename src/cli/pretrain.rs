@@ -95,7 +95,7 @@ pub struct PretrainArgs {
 /// `config.json` and to the log.
 const RESUMABLE: &[&str] = &["max_steps", "epochs", "save_every", "base_lr", "weight_decay", "weight_decay_end"];
 /// Options that do not touch the run at all.
-const NEUTRAL: &[&str] = &["resume", "quiet", "adapter", "backend", "PretrainArgs"];
+const NEUTRAL: &[&str] = &["resume", "quiet", "adapter", "backend", "kernels", "PretrainArgs"];
 
 fn flag(id: &str) -> String {
     format!("--{}", id.replace('_', "-"))

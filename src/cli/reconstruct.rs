@@ -90,7 +90,7 @@ pub fn run(gpu: &GpuArgs, a: &ReconstructArgs) -> Result<()> {
         eprintln!("note: {} tensors of the checkpoint are not used by the model (e.g. {})", unexpected.len(), unexpected[0]);
     }
     let rc = reconstruct_batch(&mut model, inputs, mask)?;
-    render_grid(&rc).save(&a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    crate::train::plot::save_image_atomic_by_extension(&render_grid(&rc), &a.out)?;
     println!("wrote {} ({} rows × 4 panels of {size}×{size})", a.out.display(), b);
     if let Some(j) = &a.json {
         let v = serde_json::json!({

@@ -39,6 +39,15 @@ impl std::str::FromStr for KernelSet {
 }
 
 impl KernelSet {
+    /// The name `--kernels` takes (and checkpoints record).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
+        }
+    }
+
     /// `Cpu` or `Gpu`: what `Auto` means on an adapter of `device_type`.
     pub fn resolve(self, device_type: wgpu::DeviceType) -> Self {
         match self {
@@ -119,6 +128,8 @@ pub struct GpuContext {
     /// would end a run without its checkpoint; here they are kept and turned into an
     /// `Err` by [`GpuContext::check`].
     errors: Arc<Mutex<Vec<wgpu::Error>>>,
+    /// `Some` while a graph is only being sized (`gpu::sizing`).
+    pub(crate) dry: Mutex<Option<super::sizing::DryRunReport>>,
 }
 
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
@@ -214,6 +225,7 @@ impl GpuContext {
             kernels: Mutex::new(HashMap::new()),
             allocated_bytes: AtomicU64::new(0),
             errors,
+            dry: Mutex::new(None),
         })
     }
 
@@ -248,6 +260,13 @@ impl GpuContext {
             _ => "",
         };
         bail!("{what}: the GPU ({}) reported: {first}{more}{hint}", self.info.name)
+    }
+
+    /// Drop the errors wgpu reported so far (a dry run's placeholders raise some).
+    pub(crate) fn discard_errors(&self) {
+        if let Ok(mut v) = self.errors.lock() {
+            v.clear();
+        }
     }
 
     /// Block until all submitted work is done.

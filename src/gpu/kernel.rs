@@ -169,6 +169,7 @@ impl GpuContext {
             tensors.len()
         );
         let align = self.limits.min_storage_buffer_offset_alignment as u64;
+        let dry = self.is_dry_run();
         let mut entries = vec![];
         let mut it = tensors.iter();
         for &(binding, kind) in &kernel.bindings {
@@ -177,7 +178,13 @@ impl GpuContext {
                 BindingKind::Storage { .. } => {
                     let t = it.next().unwrap();
                     assert!(t.offset % align == 0, "{}: binding {binding} offset {} not aligned to {align}", kernel.name, t.offset);
-                    t.binding()
+                    if dry {
+                        // Record the view; bind the placeholder's first 16 bytes instead.
+                        self.with_dry(|d| d.binding(&format!("{} (binding {binding})", kernel.name), t.bytes()));
+                        t.buffer.as_entire_binding()
+                    } else {
+                        t.binding()
+                    }
                 }
             };
             entries.push(wgpu::BindGroupEntry { binding, resource });

@@ -4,9 +4,11 @@ mod context;
 mod kernel;
 mod profiler;
 mod shaders;
+mod sizing;
 mod tensor;
 
 pub use context::{AdapterChoice, KernelSet, GpuContext, list_adapters, AdapterReport};
 pub use kernel::{Dispatch, Kernel, BindingKind};
 pub use shaders::{shader_source, SHADERS};
 pub use tensor::GpuTensor;
+pub use sizing::{DryRunReport, mib};

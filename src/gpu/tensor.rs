@@ -50,6 +50,17 @@ impl GpuTensor {
 }
 
 impl GpuContext {
+    /// A dry run's stand-in for a tensor of `len` elements (16 bytes, never bound).
+    fn placeholder(&self, len: usize) -> GpuTensor {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dry-run placeholder"),
+            size: 16,
+            usage: USAGE,
+            mapped_at_creation: false,
+        });
+        GpuTensor { buffer: Arc::new(buffer), offset: 0, len }
+    }
+
     fn count(&self, bytes: u64) {
         self.allocated_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -58,6 +69,9 @@ impl GpuContext {
     pub fn zeros(&self, len: usize) -> GpuTensor {
         // At least 16 bytes: bindings must be non-empty.
         let size = (len as u64 * 4).max(16).next_multiple_of(4);
+        if self.with_dry(|d| d.buffer(size)).is_some() {
+            return self.placeholder(len);
+        }
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size,
@@ -71,6 +85,9 @@ impl GpuContext {
     /// Upload any 4-byte plain data (f32, i32, u32).
     pub fn upload<T: bytemuck::Pod>(&self, data: &[T]) -> GpuTensor {
         assert_eq!(size_of::<T>(), 4, "GpuTensor elements are 4 bytes");
+        if self.with_dry(|d| d.buffer((data.len() as u64 * 4).max(16))).is_some() {
+            return self.placeholder(data.len());
+        }
         let mut bytes = bytemuck::cast_slice::<T, u8>(data).to_vec();
         bytes.resize(bytes.len().max(16), 0);
         let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -85,7 +102,7 @@ impl GpuContext {
     /// Overwrite a tensor's contents (queued; takes effect before the next submit).
     pub fn write<T: bytemuck::Pod>(&self, t: &GpuTensor, data: &[T]) {
         assert_eq!(data.len(), t.len, "write of {} elements into a tensor of {}", data.len(), t.len);
-        if !data.is_empty() {
+        if !data.is_empty() && !self.is_dry_run() {
             self.queue.write_buffer(&t.buffer, t.offset, bytemuck::cast_slice(data));
         }
     }
@@ -96,6 +113,9 @@ impl GpuContext {
         assert_eq!(size_of::<T>(), 4);
         if t.len == 0 {
             return Ok(vec![]);
+        }
+        if self.is_dry_run() {
+            return Ok(vec![T::zeroed(); t.len]);
         }
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),

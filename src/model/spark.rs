@@ -141,6 +141,9 @@ impl<'c> SparkModel<'c> {
         cfg.validate()?;
         crate::train::ranges::DROP_PATH.check("drop-path rate", options.drop_path_rate)?;
         anyhow::ensure!(visible_per_image >= 1, "every image must keep at least one visible patch");
+        if !ctx.is_dry_run() {
+            Self::check_fits(ctx, &cfg, batch, optimizer, visible_per_image, options)?;
+        }
         let train = optimizer.is_some();
         let mut reg = ParamRegistry::default();
         let (encoder, densify, decoder) = declare(&mut reg, &cfg, options.drop_path_rate);
@@ -208,6 +211,11 @@ impl<'c> SparkModel<'c> {
             }
             None => None,
         };
+        // Validation errors of the recorded bind groups (a real build only: a dry run's
+        // placeholders raise some by design).
+        if !ctx.is_dry_run() {
+            ctx.check("building the graph")?;
+        }
         Ok(Self {
             cfg,
             batch,
@@ -224,6 +232,37 @@ impl<'c> SparkModel<'c> {
             encoder_backward,
             drop_path_seed: options.seed,
         })
+    }
+
+    /// Size the graph with a dry run (`gpu::sizing`) and refuse, before anything large is
+    /// allocated, a batch whose tensors the adapter cannot bind, naming the largest batch
+    /// that fits.
+    fn check_fits(
+        ctx: &'c GpuContext,
+        cfg: &SparkConfig,
+        batch: usize,
+        optimizer: Option<LambConfig>,
+        visible_per_image: usize,
+        options: BuildOptions,
+    ) -> Result<()> {
+        let size = |b: usize| {
+            ctx.dry_run(|| Self::build_full(ctx, cfg.clone(), b, optimizer, visible_per_image, options))
+        };
+        let report = size(batch)?;
+        let Some(why) = report.misfit(&ctx.limits) else { return Ok(()) };
+        let fits = GpuContext::largest_fitting(batch - 1, |b| Ok(size(b)?.misfit(&ctx.limits).is_none()))?;
+        let advice = match fits {
+            Some(b) => format!("the largest batch that fits this adapter is {b}: use --batch {b} (or a smaller --input-size or --dec-width)"),
+            None => "not even batch 1 fits: use a smaller --input-size or --dec-width".to_string(),
+        };
+        anyhow::bail!(
+            "batch {batch} does not fit adapter {:?} at input {}² with decoder width {}: {why}; \
+             the graph would allocate {} in all (nothing was allocated); {advice}",
+            ctx.info.name,
+            cfg.input_size,
+            cfg.dec_width,
+            crate::gpu::mib(report.requested_bytes),
+        )
     }
 
     pub fn ctx(&self) -> &'c GpuContext {

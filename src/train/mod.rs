@@ -186,6 +186,15 @@ pub fn pretrain(
     let mut start = 0usize;
     if resume {
         let (t, meta) = checkpoint::read_any(&ckpt_path)?;
+        if let Some(rec) = meta.get(KERNELS_META).filter(|k| k.as_str() != ctx.kernel_set.name()) {
+            bail!(
+                "{}: this run was trained with the {rec} kernel family, but {} would run the {} family, \
+                 which sums in another order; resume with --kernels {rec} to continue it bit-identically",
+                ckpt_path.display(),
+                ctx.info.name,
+                ctx.kernel_set.name()
+            );
+        }
         checkpoint::load(&mut model, &t, &ckpt_path, true)?;
         start = meta
             .get("next_step")
@@ -385,11 +394,17 @@ pub fn pretrain(
     })
 }
 
+/// Checkpoint metadata key of the kernel family the run trains with.
+const KERNELS_META: &str = "kernels";
+
 fn save_checkpoint(model: &SparkModel, path: &Path, cfg: &PretrainConfig, next_step: usize) -> Result<()> {
     let mut meta = HashMap::new();
     meta.insert("spark_wgpu_config".to_string(), serde_json::to_string(cfg)?);
     meta.insert("next_step".to_string(), next_step.to_string());
     meta.insert("format".to_string(), checkpoint::CHECKPOINT_FORMAT.to_string());
+    // The kernel family fixes every summation order of the step (tiles, split-K counts
+    // follow from it and the shapes): resume must replay it to stay bit-identical.
+    meta.insert(KERNELS_META.to_string(), model.ctx().kernel_set.name().to_string());
     checkpoint::save(model, path, &meta)
 }
 

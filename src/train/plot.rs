@@ -38,8 +38,20 @@ pub struct StepRecord {
 /// Write `img` as PNG to `path` atomically ([`crate::io::atomic`]), so a reader (or an
 /// interrupted run) never sees half a file.
 pub fn save_png_atomic(img: &RgbImage, path: &Path) -> Result<()> {
+    save_image_atomic(img, path, image::ImageFormat::Png)
+}
+
+/// As [`save_png_atomic`] in the format `path`'s extension names (PNG, JPEG, ...): the
+/// temporary's own name cannot tell the encoder which.
+pub fn save_image_atomic_by_extension(img: &RgbImage, path: &Path) -> Result<()> {
+    let format = image::ImageFormat::from_path(path)
+        .map_err(|_| anyhow!("{}: cannot tell an image format from the extension (use .png or .jpg)", path.display()))?;
+    save_image_atomic(img, path, format)
+}
+
+fn save_image_atomic(img: &RgbImage, path: &Path, format: image::ImageFormat) -> Result<()> {
     crate::io::atomic::write_atomic_with(path, |tmp| {
-        img.save_with_format(tmp, image::ImageFormat::Png).with_context(|| format!("writing {}", tmp.display()))
+        img.save_with_format(tmp, format).with_context(|| format!("writing {}", tmp.display()))
     })
     .with_context(|| format!("writing {}", path.display()))
 }
