@@ -43,7 +43,7 @@ impl DryRunReport {
     /// `None` when the graph fits the adapter's per-buffer and per-binding limits, else
     /// the limit it breaks, in words.
     pub fn misfit(&self, limits: &wgpu::Limits) -> Option<String> {
-        let bind = limits.max_storage_buffer_binding_size as u64;
+        let bind = limits.max_storage_buffer_binding_size;
         if self.largest_binding > bind {
             return Some(format!(
                 "{} binds a tensor of {} but the adapter binds at most {} per storage buffer \
