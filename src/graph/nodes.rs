@@ -3,7 +3,8 @@
 use anyhow::Result;
 use std::ops::Range;
 
-use super::{Graph, ParamId, SetId, Var};
+use super::{Chunks, Graph, ParamId, SetId, Var};
+use crate::gpu::GpuTensor;
 use crate::ops::activation::{Activation, activation_backward, activation_forward};
 use crate::ops::batchnorm::{
     BnSavedTensors, BnTensors, batchnorm_backward_chunked, batchnorm_eval_forward, batchnorm_train_forward_chunked,
@@ -55,6 +56,32 @@ fn labelled(mut d: Vec<crate::gpu::Dispatch>, label: String) -> Vec<crate::gpu::
     d
 }
 pub const BN_MOMENTUM: f32 = 0.1;
+
+/// What an op that keeps its input's set and width starts from: the width, the set, its
+/// rows (all and per image), the op's chunking, the output and both tensors.
+struct RowOp {
+    c: usize,
+    set: SetId,
+    rows: usize,
+    per: usize,
+    ch: Chunks,
+    y: Var,
+    xt: GpuTensor,
+    yt: GpuTensor,
+}
+
+impl Graph<'_> {
+    /// Start an op from `x` to a new output of the same set and width, chunked for its
+    /// `[rows, c]` tensors and side tensors `[rows, w]` for each `w` of `side_widths`.
+    fn row_op(&mut self, x: Var, side_widths: &[usize]) -> RowOp {
+        let (c, set) = (self.channels(x), self.set_of(x));
+        let parts: Vec<_> = std::iter::once(c).chain(side_widths.iter().copied()).map(|w| (set, w)).collect();
+        let ch = self.chunks_for(&parts);
+        let y = self.push_var(set, c, true);
+        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
+        RowOp { c, set, rows: self.rows(x), per: self.rows_per_image(set), ch, y, xt, yt }
+    }
+}
 
 impl Graph<'_> {
     /// Gather convolution from `x`'s set to `out_set` (sparse or dense; `transposed` for
@@ -138,12 +165,7 @@ impl Graph<'_> {
 
     /// BatchNorm over the rows of `x` (sparse: visible sites of the batch; dense: all).
     pub fn batchnorm(&mut self, x: Var, p: BnIds) -> Result<Var> {
-        let c = self.channels(x);
-        let set = self.set_of(x);
-        let (rows, per) = (self.rows(x), self.rows_per_image(set));
-        let ch = self.chunks_for(&[(set, c)]);
-        let y = self.push_var(set, c, true);
-        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let RowOp { c, set, rows, per, ch, y, xt, yt } = self.row_op(x, &[]);
         let gamma = self.params.tensor(p.weight);
         let beta = self.params.tensor(p.bias);
         let rm = self.params.tensor(p.running_mean);
@@ -189,12 +211,7 @@ impl Graph<'_> {
     /// LayerNorm over the channels of every row (ConvNeXt; channels-first LN on NCHW is
     /// the same computation in channels-last).
     pub fn layernorm(&mut self, x: Var, weight: ParamId, bias: ParamId, eps: f32) -> Result<Var> {
-        let c = self.channels(x);
-        let set = self.set_of(x);
-        let (rows, per) = (self.rows(x), self.rows_per_image(set));
-        let ch = self.chunks_for(&[(set, c), (set, 1)]);
-        let y = self.push_var(set, c, true);
-        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let RowOp { c, set, rows, per, ch, y, xt, yt } = self.row_op(x, &[1]);
         let (gamma, beta) = (self.params.tensor(weight), self.params.tensor(bias));
         let (mean, invstd) = (self.ctx.zeros(rows), self.ctx.zeros(rows));
         let d = self.per_chunk(ch, |g, r| {
@@ -219,12 +236,8 @@ impl Graph<'_> {
     }
 
     pub fn activation(&mut self, x: Var, act: Activation) -> Result<Var> {
-        let c = self.channels(x);
-        let set = self.set_of(x);
-        let n = self.rows_per_image(set) * c;
-        let ch = self.chunks_for(&[(set, c)]);
-        let y = self.push_var(set, c, true);
-        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let RowOp { c, set, per, ch, y, xt, yt, .. } = self.row_op(x, &[]);
+        let n = per * c;
         let d = self.per_chunk(ch, |g, r| activation_forward(g.ctx, act, &g.view(&xt, set, c, r), &g.view(&yt, set, c, r), n * r.len()))?;
         self.forward.extend(d);
         self.on_backward(y, move |g| {
@@ -270,12 +283,7 @@ impl Graph<'_> {
 
     /// `y = x · gamma[c]` (ConvNeXt layer scale).
     pub fn channel_scale(&mut self, x: Var, gamma: ParamId) -> Result<Var> {
-        let c = self.channels(x);
-        let set = self.set_of(x);
-        let (rows, per) = (self.rows(x), self.rows_per_image(set));
-        let ch = self.chunks_for(&[(set, c)]);
-        let y = self.push_var(set, c, true);
-        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let RowOp { c, set, rows, per, ch, y, xt, yt } = self.row_op(x, &[]);
         let gt = self.params.tensor(gamma);
         let d = self.per_chunk(ch, |g, r| channel_scale_forward(g.ctx, &g.view(&xt, set, c, r), &gt, &g.view(&yt, set, c, r), per * r.len(), c))?;
         self.forward.extend(d);
@@ -364,16 +372,11 @@ impl Graph<'_> {
         if !self.train || p <= 0.0 {
             return Ok(x);
         }
-        let c = self.channels(x);
-        let set = self.set_of(x);
-        let per = self.rows_per_image(set);
-        let ch = self.chunks_for(&[(set, c)]);
-        let y = self.push_var(set, c, true);
+        let RowOp { c, set, per, ch, y, xt, yt, .. } = self.row_op(x, &[]);
         // One scale tensor per chunk: a view of a `[batch]` tensor at a chunk's first
         // image would not start at a bindable offset.
         let scales: Vec<_> = ch.ranges().map(|r| self.ctx.upload(&vec![1f32; r.len()])).collect();
         self.drop_paths.push((scales.clone(), ch, p));
-        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
         let scale_of = move |r: &Range<usize>| scales[r.start / ch.images].clone();
         let d = self.per_chunk(ch, |g, r| {
             drop_path_forward(g.ctx, &g.view(&xt, set, c, r), &scale_of(r), &g.view(&yt, set, c, r), per * r.len(), c, per)
