@@ -22,6 +22,7 @@ use std::ops::Range;
 use super::{Graph, SetId};
 use crate::gpu::{Dispatch, GpuTensor};
 use crate::ops::elementwise::copy_or_add;
+pub(crate) use crate::sparse::relativize;
 
 /// How an op's dispatches are split over the batch: consecutive chunks of `images`
 /// images (the last one may be shorter). `images >= batch` is one dispatch as before.
@@ -44,22 +45,6 @@ impl Chunks {
     pub fn ranges(&self) -> impl Iterator<Item = Range<usize>> + use<> {
         let (n, b) = (self.images.max(1), self.batch);
         (0..b.div_ceil(n)).map(move |k| k * n..((k + 1) * n).min(b))
-    }
-}
-
-/// Rewrite the non-negative entries of an index tensor laid out by images
-/// (`per_image` entries each) so that they count from the first entry of their chunk
-/// (`target_per_image` indexed units per image, `images` images per chunk). Negative
-/// entries are codes (padding, masked) and stay.
-pub(crate) fn relativize(v: &mut [i32], per_image: usize, target_per_image: usize, images: usize) {
-    if per_image == 0 {
-        return;
-    }
-    for (p, e) in v.iter_mut().enumerate() {
-        if *e >= 0 {
-            let first_image = p / per_image / images * images;
-            *e -= (first_image * target_per_image) as i32;
-        }
     }
 }
 

@@ -14,6 +14,7 @@
 use anyhow::{Result, bail, ensure};
 
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
+use crate::ops::check;
 use crate::ops::reduce::split_count;
 
 /// The tensors of one training-mode BatchNorm: parameters, running statistics (updated in
@@ -66,10 +67,6 @@ struct BackwardParams {
     all_splits: u32,
 }
 
-fn check(op: &str, what: &str, t: &GpuTensor, n: usize) -> Result<()> {
-    ensure!(t.len >= n, "{op}: {what} holds {} elements, {n} needed", t.len);
-    Ok(())
-}
 
 /// (splits, rows per split) of a split-K reduction over `rows` for `c` columns.
 fn split_plan(rows: usize, c: usize) -> (usize, usize) {
