@@ -5,7 +5,8 @@
 // the same integers as the CPU reference in src/sparse, in the same canonical order.
 //
 // Codes (src/sparse/maps.rs): -1 = OUT_OF_BOUNDS (padding, or nothing reads this input),
-// -2 = INACTIVE (an in-bounds masked site).
+// -2 = INACTIVE (an in-bounds masked site). Indices read and written are batch-wide
+// (site (b*h+y)*w+x, row) unless made chunk-relative (chunk_images).
 struct Params {
     batch: u32,
     h_in: u32, w_in: u32,    // the input set (`rows`: the set itself)
@@ -21,6 +22,11 @@ struct Params {
     target_per_image: u32,
     per_image: u32,          // `relative_copy`: entries per image of the array
     visible_per_image: u32,  // `active_rows`: patches every image shows
+    // A batch over the adapter's binding limit runs every entry once per chunk of images:
+    // `out`, `out2`, `rows` and `src` (of `relative_copy`) are then views that start at
+    // image `image_base`, and `n` counts the chunk's threads. Values stay batch-wide.
+    image_base: u32,
+    _pad0: u32, _pad1: u32, _pad2: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> visible: array<u32>;    // [B, fh, fw], 1 = visible
@@ -49,7 +55,7 @@ fn active_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let i = flat(gid, nwg);
     if (i >= p.n) { return; }
     let per = p.h_in * p.w_in;
-    let b = i / per;
+    let b = p.image_base + i / per;
     let y = (i % per) / p.w_in;
     let x = i % p.w_in;
     let sy = p.h_in / p.fh;
@@ -79,7 +85,8 @@ fn active_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let before = b * p.visible_per_image;
     let row = (before + above) * sy * sx + (y % sy) * sx * in_row + left * sx + (x % sx);
     out[i] = i32(row);
-    out2[row] = i32(i);
+    let rows_per_image = p.visible_per_image * sy * sx;
+    out2[row - p.image_base * rows_per_image] = i32(b * per) + i32(i % per);
 }
 
 // map[r_out * taps + t]: the input row read by output row r_out at tap t = ky*k + kx.
@@ -121,7 +128,7 @@ fn conv_map(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
         out[i] = OUT_OF_BOUNDS;
         return;
     }
-    let v = src[(b * p.h_in + u32(iy)) * p.w_in + u32(ix)];
+    let v = src[((b - p.image_base) * p.h_in + u32(iy)) * p.w_in + u32(ix)];
     if (v < 0) {
         out[i] = INACTIVE;
         return;
@@ -169,7 +176,7 @@ fn inverse_map(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
         out[i] = OUT_OF_BOUNDS;
         return;
     }
-    out[i] = relative(src[(b * p.h_out + u32(oy)) * p.w_out + u32(ox)], b);
+    out[i] = relative(src[((b - p.image_base) * p.h_out + u32(oy)) * p.w_out + u32(ox)], b);
 }
 
 // out = src made chunk-relative (row_of and site_of_row copies for chunked ops):
@@ -178,5 +185,5 @@ fn inverse_map(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
 fn relative_copy(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat(gid, nwg);
     if (i >= p.n) { return; }
-    out[i] = relative(src[i], i / p.per_image);
+    out[i] = relative(src[i], p.image_base + i / p.per_image);
 }

@@ -62,9 +62,14 @@ impl Graph<'_> {
     /// binding that does not fit, before anything is allocated. `Graph::chunk_images`
     /// caps the chunk size even where the batch fits (tests, chunking benchmarks).
     pub fn chunks_for(&self, parts: &[(SetId, usize)]) -> Chunks {
+        let per_image: Vec<u64> = parts.iter().map(|&(s, w)| (self.rows_per_image(s) * w) as u64 * 4).collect();
+        self.chunks_for_bytes(&per_image)
+    }
+
+    /// [`Graph::chunks_for`] for views of `per_image[i]` bytes per image each.
+    pub fn chunks_for_bytes(&self, per_image: &[u64]) -> Chunks {
         let limit = self.ctx.limits.max_storage_buffer_binding_size;
         let align = self.ctx.limits.min_storage_buffer_offset_alignment.max(4) as u64;
-        let per_image: Vec<u64> = parts.iter().map(|&(s, w)| (self.rows_per_image(s) * w) as u64 * 4).collect();
         let fits = |n: usize| per_image.iter().all(|&b| b * n as u64 <= limit);
         let aligned = |n: usize| per_image.iter().all(|&b| (b * n as u64).is_multiple_of(align));
         let whole = Chunks::whole(self.batch);

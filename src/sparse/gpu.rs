@@ -4,6 +4,7 @@
 //! `inverse_map`) are the reference they are tested against, integer for integer.
 
 use anyhow::{Result, ensure};
+use std::ops::Range;
 
 use super::Window;
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
@@ -27,6 +28,8 @@ struct Params {
     target_per_image: u32,
     per_image: u32,
     visible_per_image: u32,
+    image_base: u32,
+    _pad: [u32; 3],
 }
 
 /// The index tensors of one set on the GPU: `row_of` `[B·h·w]` and `site_of_row` `[rows]`.
@@ -49,6 +52,12 @@ pub struct MaskTensor<'a> {
     pub visible_per_image: usize,
 }
 
+/// The elements of images `imgs` of a tensor holding `per_image` per image (the caller
+/// keeps the view's offset bindable, see `graph::chunks`).
+fn images_of(t: &GpuTensor, per_image: usize, imgs: &Range<usize>) -> GpuTensor {
+    t.slice(imgs.start * per_image, imgs.len() * per_image)
+}
+
 fn u(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| anyhow::anyhow!("sparse maps: {what} {v} exceeds u32"))
 }
@@ -61,8 +70,9 @@ fn launch(ctx: &GpuContext, entry: &str, p: &Params, mask: &GpuTensor, t: [&GpuT
 }
 
 /// `row_of` and `site_of_row` of the `h × w` set (sites of visible patches, canonical
-/// `(b, y, x)` order), as `ActiveSet::from_patch_mask`.
-pub fn active_rows(ctx: &GpuContext, m: MaskTensor, set: SetIndices) -> Result<Dispatch> {
+/// `(b, y, x)` order), as `ActiveSet::from_patch_mask`, for images `imgs` (the whole
+/// batch, or one chunk of it: see `graph::chunks`).
+pub fn active_rows(ctx: &GpuContext, m: MaskTensor, set: SetIndices, imgs: Range<usize>) -> Result<Dispatch> {
     ensure!(set.h.is_multiple_of(m.fh) && set.w.is_multiple_of(m.fw), "set {}×{} is not a multiple of the {}×{} patch grid", set.h, set.w, m.fh, m.fw);
     let sites = m.batch * set.h * set.w;
     let rows = m.batch * m.visible_per_image * (set.h / m.fh) * (set.w / m.fw);
@@ -74,17 +84,19 @@ pub fn active_rows(ctx: &GpuContext, m: MaskTensor, set: SetIndices) -> Result<D
         w_in: u(set.w, "width")?,
         fh: u(m.fh, "patch rows")?,
         fw: u(m.fw, "patch columns")?,
-        n: u(sites, "sites")?,
+        n: u(imgs.len() * set.h * set.w, "sites")?,
         visible_per_image: u(m.visible_per_image, "visible patches")?,
+        image_base: u(imgs.start, "image")?,
         ..Default::default()
     };
-    launch(ctx, "active_rows", &p, m.visible, [m.visible, m.visible, set.row_of, set.site_of_row])
+    let (row_of, site_of_row) = (images_of(set.row_of, sites / m.batch, &imgs), images_of(set.site_of_row, rows / m.batch, &imgs));
+    launch(ctx, "active_rows", &p, m.visible, [m.visible, m.visible, &row_of, &site_of_row])
 }
 
 /// The gather map `from → to` of `win` (`map [rows_to, taps]`) and its inverse
 /// (`inv [rows_from, taps]`), as `conv_map`/`transposed_conv_map` and `inverse_map`.
 /// With `chunk_images > 0` the entries count from the first image of their chunk
-/// (`graph::chunks`).
+/// (`graph::chunks`). Builds images `imgs` (the whole batch, or one binding-sized chunk).
 #[allow(clippy::too_many_arguments)]
 pub fn neighbour_maps(
     ctx: &GpuContext,
@@ -96,6 +108,7 @@ pub fn neighbour_maps(
     chunk_images: usize,
     map: &GpuTensor,
     inv: &GpuTensor,
+    imgs: Range<usize>,
 ) -> Result<Vec<Dispatch>> {
     ensure!(win.kh == win.kw, "square windows only (every SparK layer)");
     let taps = win.taps();
@@ -113,19 +126,25 @@ pub fn neighbour_maps(
         pad: u(win.pad, "padding")?,
         transposed: transposed as u32,
         chunk_images: u(chunk_images, "chunk")?,
+        image_base: u(imgs.start, "image")?,
         ..Default::default()
     };
-    let forward = Params { n: u(rows_to * taps, "map size")?, target_per_image: u(rows_from / m.batch, "rows")?, ..base };
-    let backward = Params { n: u(rows_from * taps, "map size")?, target_per_image: u(rows_to / m.batch, "rows")?, ..base };
+    let (per_from, per_to, n) = (rows_from / m.batch, rows_to / m.batch, imgs.len());
+    let forward = Params { n: u(n * per_to * taps, "map size")?, target_per_image: u(per_from, "rows")?, ..base };
+    let backward = Params { n: u(n * per_from * taps, "map size")?, target_per_image: u(per_to, "rows")?, ..base };
+    let v = |t: &GpuTensor, per: usize| images_of(t, per, &imgs);
+    let (from_row_of, to_row_of) = (v(from.row_of, from.h * from.w), v(to.row_of, to.h * to.w));
+    let (from_sites, to_sites) = (v(from.site_of_row, per_from), v(to.site_of_row, per_to));
     Ok(vec![
-        launch(ctx, "conv_map", &forward, m.visible, [from.row_of, to.site_of_row, map, &ctx.zeros(1)])?,
-        launch(ctx, "inverse_map", &backward, m.visible, [to.row_of, from.site_of_row, inv, &ctx.zeros(1)])?,
+        launch(ctx, "conv_map", &forward, m.visible, [&from_row_of, &to_sites, &v(map, per_to * taps), &ctx.zeros(1)])?,
+        launch(ctx, "inverse_map", &backward, m.visible, [&to_row_of, &from_sites, &v(inv, per_from * taps), &ctx.zeros(1)])?,
     ])
 }
 
 /// `out` = `src` with every entry `>= 0` counted from the first image of its chunk:
 /// `src` holds `per_image` entries per image that index `target_per_image` units per
-/// image (as `graph::chunks::relativize`).
+/// image (as `graph::chunks::relativize`), for images `imgs`.
+#[allow(clippy::too_many_arguments)]
 pub fn relative_copy(
     ctx: &GpuContext,
     m: MaskTensor,
@@ -134,22 +153,26 @@ pub fn relative_copy(
     per_image: usize,
     target_per_image: usize,
     chunk_images: usize,
+    imgs: Range<usize>,
 ) -> Result<Dispatch> {
     ensure!(src.len == out.len && per_image > 0 && chunk_images > 0, "relative_copy of {} into {} entries", src.len, out.len);
     let p = Params {
-        n: u(src.len, "entries")?,
+        n: u(imgs.len() * per_image, "entries")?,
         per_image: u(per_image, "entries per image")?,
         target_per_image: u(target_per_image, "rows")?,
         chunk_images: u(chunk_images, "chunk")?,
+        image_base: u(imgs.start, "image")?,
         ..Default::default()
     };
-    launch(ctx, "relative_copy", &p, m.visible, [src, m.visible, out, &ctx.zeros(1)])
+    let (src, out) = (images_of(src, per_image, &imgs), images_of(out, per_image, &imgs));
+    launch(ctx, "relative_copy", &p, m.visible, [&src, m.visible, &out, &ctx.zeros(1)])
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::{ActiveSet, conv_map, inverse_map, relativize, transposed_conv_map};
     use super::*;
+    use std::ops::Range;
     use crate::testing::random_patch_mask;
 
     /// One set's GPU indices and the host reference.
@@ -159,12 +182,24 @@ mod tests {
         site_of_row: GpuTensor,
     }
 
+    /// Two dispatches (images `0..k` and `k..batch`) at the first `k` whose views the
+    /// adapter can bind (as a batch over the binding limit runs), else one.
+    fn split(ctx: &GpuContext, batch: usize, per_image_bytes: &[usize]) -> Vec<Range<usize>> {
+        let align = ctx.limits.min_storage_buffer_offset_alignment as usize;
+        match (1..batch).find(|k| per_image_bytes.iter().all(|b| (b * k).is_multiple_of(align))) {
+            Some(k) => vec![0..k, k..batch],
+            None => vec![0..batch],
+        }
+    }
+
     fn gpu_set(ctx: &GpuContext, m: MaskTensor, mask: &super::super::PatchMask, h: usize, sparse: bool) -> Set {
         let host = if sparse { ActiveSet::from_patch_mask(mask, h, h) } else { ActiveSet::dense(mask.batch, h, h) };
         let (row_of, site_of_row) = (ctx.zeros(mask.batch * h * h), ctx.zeros(host.rows()));
         let set = SetIndices { h, w: h, row_of: &row_of, site_of_row: &site_of_row };
         if sparse {
-            ctx.run(&[active_rows(ctx, m, set).unwrap()]).unwrap();
+            let parts = split(ctx, mask.batch, &[h * h * 4, host.rows() / mask.batch * 4]);
+            let d: Vec<_> = parts.into_iter().map(|r| active_rows(ctx, m, set, r).unwrap()).collect();
+            ctx.run(&d).unwrap();
         } else {
             let sites: Vec<i32> = (0..host.rows() as i32).collect();
             ctx.write(&row_of, &host.row_of);
@@ -212,7 +247,10 @@ mod tests {
                     let (map, inv) = (ctx.zeros(want.map.len()), ctx.zeros(want_inv.map.len()));
                     let from = SetIndices { h: hi, w: hi, row_of: &a.row_of, site_of_row: &a.site_of_row };
                     let to = SetIndices { h: ho, w: ho, row_of: &b.row_of, site_of_row: &b.site_of_row };
-                    ctx.run(&neighbour_maps(&ctx, m, from, to, win, transposed, chunk, &map, &inv).unwrap()).unwrap();
+                    let (ra, rb, taps) = (a.host.rows() / batch * 4, b.host.rows() / batch * 4, win.taps());
+                    let parts = split(&ctx, batch, &[hi * hi * 4, ho * ho * 4, ra, rb, ra * taps, rb * taps]);
+                    let d: Vec<_> = parts.into_iter().flat_map(|r| neighbour_maps(&ctx, m, from, to, win, transposed, chunk, &map, &inv, r).unwrap()).collect();
+                    ctx.run(&d).unwrap();
                     let (mut wm, mut wi) = (want.map.clone(), want_inv.map.clone());
                     if chunk > 0 {
                         let (ri, ro, taps) = (a.host.rows() / batch, b.host.rows() / batch, win.taps());
@@ -228,7 +266,8 @@ mod tests {
             let s = gpu_set(&ctx, m, &mask, 12, true);
             let rows = s.host.rows() / batch;
             let out = ctx.zeros(s.row_of.len);
-            ctx.run(&[relative_copy(&ctx, m, &s.row_of, &out, 144, rows, 2).unwrap()]).unwrap();
+            let d: Vec<_> = split(&ctx, batch, &[144 * 4]).into_iter().map(|r| relative_copy(&ctx, m, &s.row_of, &out, 144, rows, 2, r).unwrap()).collect();
+            ctx.run(&d).unwrap();
             let mut want = s.host.row_of.clone();
             relativize(&mut want, 144, rows, 2);
             assert_eq!(ctx.read::<i32>(&out).unwrap(), want, "relative row_of seed {seed}");
