@@ -8,7 +8,7 @@
 //! identity map) are the same kernel. The data gradient is the same gather over the
 //! inverse map (`sparse::inverse_map`) with the cin/cout roles of the weight swapped, so
 //! it needs no atomics; the weight gradient is a split-K GEMM over output rows followed
-//! by the fixed-order `reduce_partials` (`conv_wgrad_thin.wgsl`, see `thin`, for layers
+//! by the fixed-order `reduce_partials` (`conv_wgrad_thin`, generated from `tiles`, see `thin`, for layers
 //! with few output channels).
 
 use anyhow::{Result, ensure};
@@ -353,6 +353,7 @@ pub fn conv_weight_grad(
 mod kernels;
 mod reference;
 mod thin;
+pub mod tiles;
 #[cfg(test)]
 mod tests;
 

@@ -4,6 +4,7 @@
 use crate::gpu::GpuContext;
 
 use super::ConvShape;
+use super::tiles::{THIN_K1N1, THIN_K1N2, THIN_K4N1, THIN_K4N2, THIN_K4N4, THIN_KERNEL, ThinTile};
 
 /// A gather-GEMM kernel and the output rows × output channels one thread owns (its
 /// WGSL `TR`, `4 * TV`).
@@ -60,7 +61,7 @@ pub(crate) struct WgradTile {
     pub k: usize,
     pub n: usize,
     pub flat: bool,
-    /// conv_wgrad_thin.wgsl: many splits, fused bias partials (see `super::thin`).
+    /// conv_wgrad_thin (generated): many splits, fused bias partials (see `super::thin`).
     pub thin: bool,
 }
 
@@ -73,16 +74,20 @@ pub(crate) const GPU_WGRAD: WgradTile = wgrad("conv_wgrad", "main", 4, 8, false,
 pub(crate) const CPU_WGRAD_VEC4: WgradTile = wgrad("conv_wgrad_cpu_vec4", "main", 32, 32, false, false);
 /// CPU drivers, any channel counts; `k'` spans taps so that the 3-channel stem fills the tile.
 pub(crate) const CPU_WGRAD: WgradTile = wgrad("conv_wgrad_cpu", "main", 32, 32, true, false);
-/// Thin layers (see `is_thin`), conv_wgrad_thin.wgsl: `k` k' x `n` output channels per
-/// thread (generated entry `k{k/4}n{n/4}`, `_cpu` for 8-wide workgroups).
-pub(crate) const THIN_CPU_K1N1: WgradTile = wgrad("conv_wgrad_thin", "k1n1_cpu", 4, 4, true, true);
-pub(crate) const THIN_CPU_K1N2: WgradTile = wgrad("conv_wgrad_thin", "k1n2_cpu", 4, 8, true, true);
-pub(crate) const THIN_CPU_K4N1: WgradTile = wgrad("conv_wgrad_thin", "k4n1_cpu", 16, 4, true, true);
-pub(crate) const THIN_CPU_K4N2: WgradTile = wgrad("conv_wgrad_thin", "k4n2_cpu", 16, 8, true, true);
-pub(crate) const THIN_CPU_K4N4: WgradTile = wgrad("conv_wgrad_thin", "k4n4_cpu", 16, 16, true, true);
+/// Thin layers (see `is_thin`), the generated conv_wgrad_thin kernel: a tile of the table
+/// in `tiles.rs` as `4 * kg` k' x `4 * ng` output channels per thread, with its 8-wide
+/// (`cpu`) or 64-wide entry point.
+pub(crate) const fn thin(t: ThinTile, cpu: bool) -> WgradTile {
+    wgrad(THIN_KERNEL, if cpu { t.cpu_entry } else { t.gpu_entry }, 4 * t.kg, 4 * t.ng, true, true)
+}
+pub(crate) const THIN_CPU_K1N1: WgradTile = thin(THIN_K1N1, true);
+pub(crate) const THIN_CPU_K1N2: WgradTile = thin(THIN_K1N2, true);
+pub(crate) const THIN_CPU_K4N1: WgradTile = thin(THIN_K4N1, true);
+pub(crate) const THIN_CPU_K4N2: WgradTile = thin(THIN_K4N2, true);
+pub(crate) const THIN_CPU_K4N4: WgradTile = thin(THIN_K4N4, true);
 /// GPUs: register tiles the size of conv_wgrad.wgsl's.
-pub(crate) const THIN_GPU_K1N1: WgradTile = wgrad("conv_wgrad_thin", "k1n1", 4, 4, true, true);
-pub(crate) const THIN_GPU_K1N2: WgradTile = wgrad("conv_wgrad_thin", "k1n2", 4, 8, true, true);
+pub(crate) const THIN_GPU_K1N1: WgradTile = thin(THIN_K1N1, false);
+pub(crate) const THIN_GPU_K1N2: WgradTile = thin(THIN_K1N2, false);
 
 #[cfg(test)]
 thread_local! {
@@ -112,7 +117,7 @@ pub(crate) fn wgrad_tile_for(ctx: &GpuContext, s: &ConvShape) -> WgradTile {
     }
 }
 
-/// Whether the weight gradient of `s` takes conv_wgrad_thin.wgsl. CPU: up to 16 output
+/// Whether the weight gradient of `s` takes conv_wgrad_thin. CPU: up to 16 output
 /// channels, where a 32-wide column tile is at least half padding (measured on llvmpipe:
 /// the thin tiles win from the 3x3 16->16 decoder conv down; the 3->64 stem keeps the
 /// flat 32x32 tile). GPU: where conv_wgrad.wgsl's per-tap 4 x 8 tile is padded.
