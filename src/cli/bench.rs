@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Compute the encoder densely at every site (the official code's dense-then-mask cost).
     #[arg(long)]
     pub dense_encoder: bool,
+    /// Run every op in chunks of at most N images, as a batch over the adapter's binding
+    /// limit does (to measure what the chunking costs).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub chunk_images: Option<u64>,
     /// Skip the per-kernel timestamp profile.
     #[arg(long)]
     pub no_profile: bool,
@@ -80,6 +84,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs) -> Result<()> {
         dense_encoder: a.dense_encoder,
         drop_path_rate: crate::ops::drop_path::official_drop_path_rate(&a.model),
         seed: 0,
+        chunk_images: a.chunk_images.map(|n| n as usize),
     };
     let mut model = SparkModel::build_full(&ctx, cfg.clone(), a.batch, Some(lamb), cfg.visible_per_image(), opts)?;
     ctx.check("building the benchmark graph")?;

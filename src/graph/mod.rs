@@ -12,6 +12,7 @@
 //! Input gradients use "first writer overwrites, later writers add" (`accumulate`), so no
 //! gradient buffer needs clearing and fan-in sums in a fixed order.
 
+pub mod chunks;
 pub mod nodes;
 pub mod params;
 
@@ -19,6 +20,7 @@ use anyhow::Result;
 
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 use crate::sparse::{ActiveSet, PatchMask, Window, conv_map, inverse_map, transposed_conv_map};
+pub use chunks::Chunks;
 pub use params::{Kind, ParamId, ParamRegistry, ParamSpec, ParamStore};
 
 /// A stage resolution: sparse (visible sites of the step's mask) or dense (every site).
@@ -36,6 +38,25 @@ pub struct StageSet {
     pub site_of_row: GpuTensor,
     /// The host copy for the current mask.
     pub active: ActiveSet,
+    /// Chunk-relative copies of `row_of` and `site_of_row` for chunked ops (see
+    /// `chunks`), one per chunking in use.
+    relative: Vec<(Chunks, GpuTensor, GpuTensor)>,
+}
+
+impl StageSet {
+    /// `row_of` and `site_of_row` with every index counted from its chunk's first image.
+    fn relative_indices(&self, ch: Chunks) -> (Vec<i32>, Vec<i32>) {
+        let (mut row_of, mut site_of_row) = (self.active.row_of.clone(), site_indices(&self.active));
+        let (sites, rows) = (self.h * self.w, self.rows / ch.batch);
+        chunks::relativize(&mut row_of, sites, rows, ch.images);
+        chunks::relativize(&mut site_of_row, rows, sites, ch.images);
+        (row_of, site_of_row)
+    }
+}
+
+/// The site index `(b*h+y)*w+x` of every row of `a`.
+fn site_indices(a: &ActiveSet) -> Vec<i32> {
+    a.sites.iter().map(|&[b, y, x]| ((b as usize * a.h + y as usize) * a.w + x as usize) as i32).collect()
 }
 
 struct MapEntry {
@@ -43,6 +64,8 @@ struct MapEntry {
     to: SetId,
     win: Window,
     transposed: bool,
+    /// Chunk-relative indices when not whole (see `chunks`).
+    chunks: Chunks,
     map: GpuTensor,
     inv: GpuTensor,
 }
@@ -80,12 +103,16 @@ pub struct Graph<'c> {
     /// Dead gradient buffers available for reuse while the backward is recorded.
     grad_pool: Vec<GpuTensor>,
     /// Per-image scale tensors of the drop-path nodes and their rates, in layer order.
-    drop_paths: Vec<(GpuTensor, f64)>,
+    /// (one scale tensor per chunk of the node's chunking, the chunking, the rate).
+    drop_paths: Vec<(Vec<GpuTensor>, Chunks, f64)>,
     /// BatchNorm counters incremented by each training forward.
     bn_counters: Vec<ParamId>,
     /// Compute every "sparse" stage densely (every site), as the official code does
     /// before masking; for speed comparisons only.
     pub dense_encoder: bool,
+    /// Split every op into chunks of at most this many images even where the batch fits
+    /// the adapter's binding limit (see `chunks`): to test and measure the chunked path.
+    pub chunk_images: Option<usize>,
 }
 
 impl<'c> Graph<'c> {
@@ -116,6 +143,7 @@ impl<'c> Graph<'c> {
             drop_paths: vec![],
             bn_counters: vec![],
             dense_encoder: false,
+            chunk_images: None,
         }
     }
 
@@ -135,16 +163,15 @@ impl<'c> Graph<'c> {
             ActiveSet::dense(self.batch, h, w)
         };
         let rows = active.rows();
-        let site_of_row: Vec<i32> =
-            active.sites.iter().map(|&[b, y, x]| ((b as usize * h + y as usize) * w + x as usize) as i32).collect();
         let set = StageSet {
             h,
             w,
             sparse,
             rows,
             row_of: self.ctx.upload(&active.row_of),
-            site_of_row: self.ctx.upload(&site_of_row),
+            site_of_row: self.ctx.upload(&site_indices(&active)),
             active,
+            relative: vec![],
         };
         assert_eq!(set.row_of.len, sites);
         self.sets.push(set);
@@ -155,19 +182,39 @@ impl<'c> Graph<'c> {
         &self.sets[s.0]
     }
 
-    /// Gather maps `(map, inverse)` from `from` to `to` (created on first use).
-    pub fn maps(&mut self, from: SetId, to: SetId, win: Window, transposed: bool) -> (GpuTensor, GpuTensor) {
-        if let Some(m) =
-            self.maps.iter().find(|m| m.from == from && m.to == to && m.win == win && m.transposed == transposed)
+    /// `row_of` and `site_of_row` of set `s` for an op chunked as `ch` (chunk-relative
+    /// copies, kept up to date by `set_mask`, when `ch` is not whole).
+    pub fn row_indices(&mut self, s: SetId, ch: Chunks) -> (GpuTensor, GpuTensor) {
+        let set = &self.sets[s.0];
+        if ch.is_whole() {
+            return (set.row_of.clone(), set.site_of_row.clone());
+        }
+        if let Some((_, r, q)) = set.relative.iter().find(|e| e.0 == ch) {
+            return (r.clone(), q.clone());
+        }
+        let (row_of, site_of_row) = set.relative_indices(ch);
+        let (r, q) = (self.ctx.upload(&row_of), self.ctx.upload(&site_of_row));
+        self.sets[s.0].relative.push((ch, r.clone(), q.clone()));
+        (r, q)
+    }
+
+    /// Gather maps `(map, inverse)` from `from` to `to` for an op chunked as `ch`
+    /// (created on first use; chunk-relative when `ch` is not whole).
+    pub fn maps(&mut self, from: SetId, to: SetId, win: Window, transposed: bool, ch: Chunks) -> (GpuTensor, GpuTensor) {
+        if let Some(m) = self
+            .maps
+            .iter()
+            .find(|m| m.from == from && m.to == to && m.win == win && m.transposed == transposed && m.chunks == ch)
         {
             return (m.map.clone(), m.inv.clone());
         }
-        let (map, inv) = Self::compute_maps(&self.sets[from.0].active, &self.sets[to.0].active, win, transposed);
+        let (map, inv) = Self::compute_maps(&self.sets[from.0].active, &self.sets[to.0].active, win, transposed, ch);
         let entry = MapEntry {
             from,
             to,
             win,
             transposed,
+            chunks: ch,
             map: self.ctx.upload(&map.map),
             inv: self.ctx.upload(&inv.map),
         };
@@ -181,9 +228,16 @@ impl<'c> Graph<'c> {
         to: &ActiveSet,
         win: Window,
         transposed: bool,
+        ch: Chunks,
     ) -> (crate::sparse::NeighbourMap, crate::sparse::NeighbourMap) {
         let map = if transposed { transposed_conv_map(from, to, win) } else { conv_map(from, to, win) };
-        let inv = inverse_map(&map, from.rows());
+        let mut inv = inverse_map(&map, from.rows());
+        let mut map = map;
+        if !ch.is_whole() {
+            let (rin, rout, taps) = (from.rows() / ch.batch, to.rows() / ch.batch, win.taps());
+            chunks::relativize(&mut map.map, rout * taps, rin, ch.images);
+            chunks::relativize(&mut inv.map, rin * taps, rout, ch.images);
+        }
         (map, inv)
     }
 
@@ -210,16 +264,23 @@ impl<'c> Graph<'c> {
         }
         for s in self.sets.iter_mut().filter(|s| s.sparse) {
             s.active = ActiveSet::from_patch_mask(mask, s.h, s.w);
-            let (h, w) = (s.h, s.w);
-            let site_of_row: Vec<i32> =
-                s.active.sites.iter().map(|&[b, y, x]| ((b as usize * h + y as usize) * w + x as usize) as i32).collect();
             self.ctx.write(&s.row_of, &s.active.row_of);
-            self.ctx.write(&s.site_of_row, &site_of_row);
+            self.ctx.write(&s.site_of_row, &site_indices(&s.active));
+            for (ch, r, q) in &s.relative {
+                let (row_of, site_of_row) = s.relative_indices(*ch);
+                self.ctx.write(r, &row_of);
+                self.ctx.write(q, &site_of_row);
+            }
         }
         for m in &self.maps {
             if self.sets[m.from.0].sparse || self.sets[m.to.0].sparse {
-                let (map, inv) =
-                    Self::compute_maps(&self.sets[m.from.0].active, &self.sets[m.to.0].active, m.win, m.transposed);
+                let (map, inv) = Self::compute_maps(
+                    &self.sets[m.from.0].active,
+                    &self.sets[m.to.0].active,
+                    m.win,
+                    m.transposed,
+                    m.chunks,
+                );
                 self.ctx.write(&m.map, &map.map);
                 self.ctx.write(&m.inv, &inv.map);
             }
@@ -338,9 +399,11 @@ impl<'c> Graph<'c> {
     /// Draw the drop-path masks of training step `step` (reproducible from the seed, so a
     /// resumed run draws the same ones).
     pub fn set_drop_path_step(&self, seed: u64, step: u64) {
-        for (layer, (scale, p)) in self.drop_paths.iter().enumerate() {
+        for (layer, (scales, ch, p)) in self.drop_paths.iter().enumerate() {
             let s = crate::ops::drop_path::drop_path_scales(seed, step, layer as u64, self.batch, *p);
-            self.ctx.write(scale, &s);
+            for (t, r) in scales.iter().zip(ch.ranges()) {
+                self.ctx.write(t, &s[r]);
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use super::{declare_bn, declare_conv};
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 use crate::graph::nodes::{BnIds, ConvIds};
 use crate::graph::{Graph, Kind, ParamId, ParamRegistry, ParamStore, Var};
-use crate::ops::loss::masked_patch_loss;
+use crate::ops::loss::{LossTensors, masked_patch_loss_chunked};
 use crate::optim::lamb::{Lamb, LambConfig, ParamSegment, no_weight_decay};
 use crate::sparse::{PatchMask, Window};
 
@@ -68,6 +68,9 @@ pub struct BuildOptions {
     pub drop_path_rate: f64,
     /// Seed of the drop-path draws.
     pub seed: u64,
+    /// Run every op in chunks of at most this many images (`graph::chunks`), even where
+    /// the batch fits the adapter: to test and measure the chunked path.
+    pub chunk_images: Option<usize>,
 }
 
 fn declare(reg: &mut ParamRegistry, cfg: &SparkConfig, drop_path_rate: f64) -> (Encoder, Vec<Densify>, LightDecoder) {
@@ -151,6 +154,7 @@ impl<'c> SparkModel<'c> {
         let f = cfg.grid();
         let mut g = Graph::new(ctx, store, batch, f, f, visible_per_image, train);
         g.dense_encoder = options.dense_encoder;
+        g.chunk_images = options.chunk_images;
         let size = cfg.input_size;
         let input_set = g.set(size, size, true);
         let pixels = g.input(input_set, 3);
@@ -186,8 +190,14 @@ impl<'c> SparkModel<'c> {
         let per_patch_loss = ctx.zeros(batch * f * f);
         let d_rec = ctx.zeros(batch * size * size * 3);
         let rec_t = g.tensor(rec).clone();
-        let d = masked_patch_loss(ctx, &image, &rec_t, &visible, &loss, &per_patch_loss, &d_rec, batch, size, size, PATCH)?;
-        g.forward.extend(d);
+        let rec_set = g.set_of(rec);
+        let ch = g.chunks_for(&[(rec_set, 3)]);
+        let views: Vec<_> = ch
+            .ranges()
+            .map(|r| (g.view(&image, rec_set, 3, &r), g.view(&rec_t, rec_set, 3, &r), g.view(&d_rec, rec_set, 3, &r)))
+            .collect();
+        let t = LossTensors { visible: &visible, loss: &loss, per_patch: &per_patch_loss };
+        g.forward.extend(masked_patch_loss_chunked(ctx, &views, &t, batch, size, size, PATCH)?);
         let mut encoder_backward = 0;
         let optimizer = match optimizer {
             Some(lamb_cfg) => {
@@ -249,8 +259,8 @@ impl<'c> SparkModel<'c> {
             ctx.dry_run(|| Self::build_full(ctx, cfg.clone(), b, optimizer, visible_per_image, options))
         };
         let report = size(batch)?;
-        let Some(why) = report.misfit(&ctx.limits) else { return Ok(()) };
-        let fits = GpuContext::largest_fitting(batch - 1, |b| Ok(size(b)?.misfit(&ctx.limits).is_none()))?;
+        let Some(why) = report.misfit(ctx) else { return Ok(()) };
+        let fits = GpuContext::largest_fitting(batch - 1, |b| Ok(size(b)?.misfit(ctx).is_none()))?;
         let advice = match fits {
             Some(b) => format!("the largest batch that fits this adapter is {b}: use --batch {b} (or a smaller --input-size or --dec-width)"),
             None => "not even batch 1 fits: use a smaller --input-size or --dec-width".to_string(),

@@ -167,7 +167,8 @@ pub fn pretrain(
     let warmup_it = (cfg.warmup_epochs * spe as f64).round() as usize;
     let peak = peak_lr(cfg.base_lr, cfg.batch);
 
-    let options = crate::model::spark::BuildOptions { dense_encoder: false, drop_path_rate: cfg.drop_path, seed: cfg.seed };
+    let options =
+        crate::model::spark::BuildOptions { drop_path_rate: cfg.drop_path, seed: cfg.seed, ..Default::default() };
     let visible = cfg.spark.visible_per_image();
     let mut model = SparkModel::build_full(ctx, cfg.spark.clone(), cfg.batch, Some(cfg.lamb()), visible, options)?;
     ctx.check("building the training graph")?;
