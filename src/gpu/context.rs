@@ -139,7 +139,7 @@ pub struct GpuContext {
 
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    desc.backends = desc.backends & backends;
+    desc.backends &= backends;
     if desc.backends.is_empty() {
         desc.backends = backends;
     }

@@ -29,8 +29,11 @@ pub struct Kernel {
     pub workgroup_size: [u32; 3],
 }
 
+/// An entry point's group-0 bindings (index, kind; ascending) and its workgroup size.
+pub type Reflection = (Vec<(u32, BindingKind)>, [u32; 3]);
+
 /// Bindings of group 0 and the workgroup size of `entry`, read from the WGSL source.
-pub fn reflect(source: &str, entry: &str) -> Result<(Vec<(u32, BindingKind)>, [u32; 3])> {
+pub fn reflect(source: &str, entry: &str) -> Result<Reflection> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| anyhow!("{}", e.emit_to_string(source)))?;
     let mut bindings = vec![];
     for (_, var) in module.global_variables.iter() {
@@ -177,7 +180,7 @@ impl GpuContext {
                 BindingKind::Uniform => uniform.as_ref().unwrap().as_entire_binding(),
                 BindingKind::Storage { .. } => {
                     let t = it.next().unwrap();
-                    assert!(t.offset % align == 0, "{}: binding {binding} offset {} not aligned to {align}", kernel.name, t.offset);
+                    assert!(t.offset.is_multiple_of(align), "{}: binding {binding} offset {} not aligned to {align}", kernel.name, t.offset);
                     if dry {
                         // Record the view; bind the placeholder's first 16 bytes instead.
                         self.with_dry(|d| d.binding(&format!("{} (binding {binding})", kernel.name), t.bytes()));

@@ -90,11 +90,11 @@ impl EncoderConfig {
 
 impl SparkConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.input_size == 0 || self.input_size % PATCH != 0 {
+        if self.input_size == 0 || !self.input_size.is_multiple_of(PATCH) {
             bail!("--input-size {} must be a positive multiple of {PATCH}", self.input_size);
         }
         crate::train::ranges::MASK_RATIO.check("--mask-ratio", self.mask_ratio)?;
-        if self.dec_width < 32 || self.dec_width % 32 != 0 {
+        if self.dec_width < 32 || !self.dec_width.is_multiple_of(32) {
             bail!("--dec-width {} must be a multiple of 32 (the decoder halves it five times)", self.dec_width);
         }
         Ok(())

@@ -494,7 +494,7 @@ mod tests {
         d.extend(batchnorm_backward_chunked(&ctx, &bwd, &saved, &dgamma, &dbeta, c, true).unwrap());
         ctx.run(&d).unwrap();
         let r = |t: &GpuTensor| ctx.read_f32(t).unwrap();
-        let cat = |v: &[GpuTensor]| v.iter().flat_map(|t| r(t)).collect::<Vec<f32>>();
+        let cat = |v: &[GpuTensor]| v.iter().flat_map(&r).collect::<Vec<f32>>();
         let got = Outs { y: cat(&ys), mean: r(&mean), invstd: r(&invstd), rm: r(&rm), rv: r(&rv), dx: cat(&dxs), dgamma: r(&dgamma), dbeta: r(&dbeta) };
         compare(&got, &want, 2e-5, "chunked");
     }

@@ -170,7 +170,7 @@ impl Lamb {
         cfg: LambConfig,
         chunk: usize,
     ) -> Result<Self> {
-        let max_binding = ctx.limits.max_storage_buffer_binding_size as u64;
+        let max_binding = ctx.limits.max_storage_buffer_binding_size;
         Self::with_limits(ctx, params, grads, segments, cfg, chunk, max_binding)
     }
 
@@ -199,12 +199,12 @@ impl Lamb {
         // moments start at byte 0), so params and grads must be aligned themselves.
         let align_bytes = (ctx.limits.min_storage_buffer_offset_alignment as u64).max(4);
         ensure!(
-            params.offset % align_bytes == 0 && grads.offset % align_bytes == 0,
+            params.offset.is_multiple_of(align_bytes) && grads.offset.is_multiple_of(align_bytes),
             "LAMB: params (byte {}) and grads (byte {}) must start at multiples of {align_bytes} B",
             params.offset,
             grads.offset
         );
-        let max_bytes = max_binding_bytes.min(ctx.limits.max_storage_buffer_binding_size as u64);
+        let max_bytes = max_binding_bytes.min(ctx.limits.max_storage_buffer_binding_size);
         let max_elems = (max_bytes / 4) as usize;
 
         // chunks: (start, len, segment); then segments: (first chunk, count, decay).

@@ -188,7 +188,7 @@ mod tests {
         let align = ctx.limits.min_storage_buffer_offset_alignment as usize;
         match (1..batch).find(|k| per_image_bytes.iter().all(|b| (b * k).is_multiple_of(align))) {
             Some(k) => vec![0..k, k..batch],
-            None => vec![0..batch],
+            None => std::iter::once(0..batch).collect(),
         }
     }
 

@@ -58,7 +58,7 @@ impl ActiveSet {
     /// multiples of the patch grid (every stage of a SparK encoder is).
     pub fn from_patch_mask(mask: &PatchMask, h: usize, w: usize) -> Self {
         assert!(
-            h % mask.fh == 0 && w % mask.fw == 0,
+            h.is_multiple_of(mask.fh) && w.is_multiple_of(mask.fw),
             "stage {h}×{w} is not a multiple of the {}×{} patch grid",
             mask.fh,
             mask.fw

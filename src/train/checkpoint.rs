@@ -153,8 +153,8 @@ pub fn load(model: &mut SparkModel, tensors: &TensorMap, path: &Path, strict: bo
         .filter(|k| !known.contains(*k) && !k.starts_with("optimizer."))
         .cloned()
         .collect();
-    if let Some(opt) = &model.optimizer {
-        if tensors.keys().any(|k| k.starts_with(EXP_AVG)) {
+    if let Some(opt) = &model.optimizer
+        && tensors.keys().any(|k| k.starts_with(EXP_AVG)) {
             let ps = model.params();
             let mut m = vec![0f32; ps.flat.len];
             let mut v = vec![0f32; ps.flat.len];
@@ -175,6 +175,5 @@ pub fn load(model: &mut SparkModel, tensors: &TensorMap, path: &Path, strict: bo
             ctx.write(opt.exp_avg_sq(), &v);
             report.optimizer_state = true;
         }
-    }
     Ok(report)
 }
