@@ -89,51 +89,54 @@ fn active_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     out2[row - p.image_base * rows_per_image] = i32(b * per) + i32(i % per);
 }
 
-// map[r_out * taps + t]: the input row read by output row r_out at tap t = ky*k + kx.
+// Thread i of a map over the rows of an h × w set (`rows` = its site_of_row): the image
+// and position of its row's site and its tap (ky, kx).
+struct Tap { b: u32, y: i32, x: i32, ky: i32, kx: i32 }
+fn tap_of(i: u32, h: u32, w: u32) -> Tap {
+    let taps = p.k * p.k;
+    let site = u32(rows[i / taps]);
+    let t = i % taps;
+    let per = h * w;
+    return Tap(site / per, i32((site % per) / w), i32(site % w), i32(t / p.k), i32(t % p.k));
+}
+
+// The position tap (ky, kx) of `a` leads to, and whether it exists: `a·s − p + k` when
+// `spread` (a convolution's input from its output, or a transposed one's output from its
+// input), else `(a + p − k) / s` when exact (the other two directions). Bounds are the
+// caller's.
+fn step(a: Tap, spread: bool) -> vec3<i32> {
+    let s = i32(p.stride);
+    let pd = i32(p.pad);
+    if (spread) {
+        return vec3<i32>(a.y * s - pd + a.ky, a.x * s - pd + a.kx, 1);
+    }
+    let ny = a.y + pd - a.ky;
+    let nx = a.x + pd - a.kx;
+    // A negative numerator is out of bounds whether exact or not.
+    let ok = ny >= 0 && nx >= 0 && ny % s == 0 && nx % s == 0;
+    return vec3<i32>(ny / s, nx / s, select(0, 1, ok));
+}
+
+// Index into a row_of view (`src`, from image_base) of an h × w set at (b, q), or -1
+// when q is outside it.
+fn lookup(b: u32, q: vec3<i32>, h: u32, w: u32) -> i32 {
+    if (q.z == 0 || q.x < 0 || q.y < 0 || q.x >= i32(h) || q.y >= i32(w)) { return OUT_OF_BOUNDS; }
+    return src[((b - p.image_base) * h + u32(q.x)) * w + u32(q.y)];
+}
+
+// map[r_out * taps + t]: the input row read by output row r_out at tap t = ky*k + kx
+// (ConvTranspose2d in gather form reads input (o + p − k) / s when exact).
 // `src` = row_of of the input set, `rows` = site_of_row of the output set.
 @compute @workgroup_size(64)
 fn conv_map(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat(gid, nwg);
     if (i >= p.n) { return; }
-    let taps = p.k * p.k;
-    let r = i / taps;
-    let t = i % taps;
-    let site = u32(rows[r]);
-    let per = p.h_out * p.w_out;
-    let b = site / per;
-    let oy = i32((site % per) / p.w_out);
-    let ox = i32(site % p.w_out);
-    let ky = i32(t / p.k);
-    let kx = i32(t % p.k);
-    let s = i32(p.stride);
-    let pd = i32(p.pad);
-    var iy: i32;
-    var ix: i32;
-    if (p.transposed != 0u) {
-        // ConvTranspose2d in gather form: input ((oy + p - ky) / s) when exact.
-        let ny = oy + pd - ky;
-        let nx = ox + pd - kx;
-        // A negative numerator is out of bounds whether exact or not.
-        if (ny < 0 || nx < 0 || ny % s != 0 || nx % s != 0) {
-            out[i] = OUT_OF_BOUNDS;
-            return;
-        }
-        iy = ny / s;
-        ix = nx / s;
-    } else {
-        iy = oy * s - pd + ky;
-        ix = ox * s - pd + kx;
-    }
-    if (iy < 0 || ix < 0 || iy >= i32(p.h_in) || ix >= i32(p.w_in)) {
-        out[i] = OUT_OF_BOUNDS;
-        return;
-    }
-    let v = src[((b - p.image_base) * p.h_in + u32(iy)) * p.w_in + u32(ix)];
-    if (v < 0) {
-        out[i] = INACTIVE;
-        return;
-    }
-    out[i] = relative(v, b);
+    let a = tap_of(i, p.h_out, p.w_out);
+    let q = step(a, p.transposed == 0u);
+    let inside = q.z != 0 && q.x >= 0 && q.y >= 0 && q.x < i32(p.h_in) && q.y < i32(p.w_in);
+    let v = lookup(a.b, q, p.h_in, p.w_in);
+    // An in-bounds site without a row is masked, not padding.
+    out[i] = select(OUT_OF_BOUNDS, select(relative(v, a.b), INACTIVE, v < 0), inside);
 }
 
 // inv[r_in * taps + t]: the output row that reads input row r_in at tap t, or -1 (each
@@ -143,40 +146,8 @@ fn conv_map(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 fn inverse_map(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat(gid, nwg);
     if (i >= p.n) { return; }
-    let taps = p.k * p.k;
-    let r = i / taps;
-    let t = i % taps;
-    let site = u32(rows[r]);
-    let per = p.h_in * p.w_in;
-    let b = site / per;
-    let iy = i32((site % per) / p.w_in);
-    let ix = i32(site % p.w_in);
-    let ky = i32(t / p.k);
-    let kx = i32(t % p.k);
-    let s = i32(p.stride);
-    let pd = i32(p.pad);
-    var oy: i32;
-    var ox: i32;
-    if (p.transposed != 0u) {
-        // Output oy reads input (oy + p - ky) / s = iy.
-        oy = iy * s - pd + ky;
-        ox = ix * s - pd + kx;
-    } else {
-        // Output oy reads input oy·s − p + ky = iy.
-        let ny = iy + pd - ky;
-        let nx = ix + pd - kx;
-        if (ny < 0 || nx < 0 || ny % s != 0 || nx % s != 0) {
-            out[i] = OUT_OF_BOUNDS;
-            return;
-        }
-        oy = ny / s;
-        ox = nx / s;
-    }
-    if (oy < 0 || ox < 0 || oy >= i32(p.h_out) || ox >= i32(p.w_out)) {
-        out[i] = OUT_OF_BOUNDS;
-        return;
-    }
-    out[i] = relative(src[((b - p.image_base) * p.h_out + u32(oy)) * p.w_out + u32(ox)], b);
+    let a = tap_of(i, p.h_in, p.w_in);
+    out[i] = relative(lookup(a.b, step(a, p.transposed != 0u), p.h_out, p.w_out), a.b);
 }
 
 // out = src made chunk-relative (row_of and site_of_row copies for chunked ops):
