@@ -1062,7 +1062,7 @@ fn host_bytes(d: &HostData) -> u64 {
 
 /// Loads the object a `torch.save` zip archive holds. Only tensors, storages and plain
 /// containers are rebuilt; any other pickle global is refused by name, and the memory and
-/// work spent are bounded by the file's size (see [`BUDGET_PER_FILE_BYTE`]).
+/// work spent are bounded by the file's size (`BUDGET_PER_FILE_BYTE` bytes of work per byte of file, plus a fixed base).
 pub fn load_pth(path: &Path) -> Result<PickleValue> {
     let file = path.display().to_string();
     let f = File::open(path).with_context(|| format!("cannot open {file}"))?;
