@@ -4,7 +4,7 @@ use anyhow::Result;
 
 use super::{Graph, ParamId, SetId, Var};
 use crate::ops::activation::{Activation, activation_backward, activation_forward};
-use crate::ops::batchnorm::{BnTensors, batchnorm_backward, batchnorm_eval_forward, batchnorm_train_forward};
+use crate::ops::batchnorm::{BnTensors, batchnorm_backward_synced, batchnorm_eval_forward, batchnorm_train_forward_synced};
 use crate::ops::conv::{ConvShape, WeightLayout, conv_data_grad, conv_forward, conv_weight_grad};
 use crate::ops::densify::{scatter_rows, scatter_rows_backward};
 use crate::ops::depthwise::{dw_data_grad, dw_forward, dw_weight_grad};
@@ -135,16 +135,23 @@ impl Graph<'_> {
             save_mean: &save_mean,
             save_invstd: &save_invstd,
         };
-        self.forward.extend(batchnorm_train_forward(self.ctx, &xt, &yt, &t, rows, c, BN_EPS, BN_MOMENTUM)?);
+        let world = self.sync_bn_world;
+        let (d, sums) = batchnorm_train_forward_synced(self.ctx, &xt, &yt, &t, rows, c, world, BN_EPS, BN_MOMENTUM)?;
+        let base = self.forward.len();
+        self.forward.extend(d);
+        self.note_host_points(super::Pass::Forward, base, sums);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let (dgamma, dbeta) = (g.params.grad(p.weight), g.params.grad(p.bias));
             // The data gradient always exists here (BN never sees the input image), but the
             // kernel needs a target either way.
             let (dx, acc) = g.grad_in(x).unwrap_or_else(|| (g.ctx.zeros(rows * c), false));
-            let d =
-                batchnorm_backward(g.ctx, &xt, &dy, &gamma, &save_mean, &save_invstd, &dx, &dgamma, &dbeta, rows, c, acc)?;
+            let (d, sums) = batchnorm_backward_synced(
+                g.ctx, &xt, &dy, &gamma, &save_mean, &save_invstd, &dx, &dgamma, &dbeta, rows, c, world, acc,
+            )?;
+            let base = g.backward.len();
             g.backward.extend(d);
+            g.note_host_points(super::Pass::Backward, base, sums);
             Ok(())
         });
         Ok(y)

@@ -11,7 +11,7 @@ use super::resnet::ResNet;
 use super::{declare_bn, declare_conv};
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 use crate::graph::nodes::{BnIds, ConvIds};
-use crate::graph::{Graph, Kind, ParamId, ParamRegistry, ParamStore, Var};
+use crate::graph::{Graph, Kind, ParamId, ParamRegistry, ParamStore, Pass, Var};
 use crate::ops::loss::masked_patch_loss;
 use crate::optim::lamb::{Lamb, LambConfig, ParamSegment, no_weight_decay};
 use crate::sparse::{PatchMask, Window};
@@ -68,6 +68,12 @@ pub struct BuildOptions {
     pub drop_path_rate: f64,
     /// Seed of the drop-path draws.
     pub seed: u64,
+    /// Data-parallel training (issue 10): BatchNorm statistics over this many ranks
+    /// (0 or 1: this process's batch only).
+    pub sync_bn_world: usize,
+    /// Data-parallel training: this graph's `batch` images start at this position of a
+    /// global batch of the given size `(first, global)` (None: the batch is global).
+    pub shard: Option<(usize, usize)>,
 }
 
 fn declare(reg: &mut ParamRegistry, cfg: &SparkConfig, drop_path_rate: f64) -> (Encoder, Vec<Densify>, LightDecoder) {
@@ -151,6 +157,11 @@ impl<'c> SparkModel<'c> {
         let f = cfg.grid();
         let mut g = Graph::new(ctx, store, batch, f, f, visible_per_image, train);
         g.dense_encoder = options.dense_encoder;
+        g.sync_bn_world = options.sync_bn_world.max(1);
+        if let Some((first, global)) = options.shard {
+            anyhow::ensure!(first + batch <= global, "shard {first}..{} outside the global batch of {global}", first + batch);
+            (g.image_offset, g.global_batch) = (first, global);
+        }
         let size = cfg.input_size;
         let input_set = g.set(size, size, true);
         let pixels = g.input(input_set, 3);
@@ -329,6 +340,78 @@ impl<'c> SparkModel<'c> {
         self.graph.set_drop_path_step(self.drop_path_seed, step as u64);
         self.submit_forward_backward();
         self.submit_optimizer(step, lr, weight_decay)
+    }
+
+    /// One data-parallel training step over the ranks of `coll` (issue 10): forward and
+    /// backward, cut at the synchronised BatchNorm's host points; then the gradients
+    /// (and the loss) averaged over the ranks in buckets of
+    /// [`crate::dist::ALLREDUCE_BUCKET_FLOATS`]; then LAMB, identical on every rank.
+    /// With `measure_wait`, a barrier before the gradient all-reduce separates the time
+    /// spent waiting for slower ranks from the all-reduce itself (`bench`).
+    pub fn train_step_dist(
+        &mut self,
+        coll: &dyn crate::dist::Collective,
+        step: u32,
+        lr: f32,
+        weight_decay: f32,
+        measure_wait: bool,
+    ) -> Result<crate::dist::StepTimes> {
+        use std::time::Instant;
+        let ctx = self.graph.ctx;
+        let mut times = crate::dist::StepTimes::default();
+        self.graph.set_drop_path_step(self.drop_path_seed, step as u64);
+        let t = Instant::now();
+        let mut reduce_s = 0.0;
+        for (pass, list) in [(Pass::Forward, &self.graph.forward), (Pass::Backward, &self.graph.backward)] {
+            let mut from = 0;
+            let points = self.graph.host_points.iter().filter(|p| p.pass == pass);
+            for cut in points.map(Some).chain([None]) {
+                let to = cut.map_or(list.len(), |p| p.at);
+                ctx.submit(&list[from..to]);
+                from = to;
+                if let Some(p) = cut {
+                    let mut v = ctx.read_f32(&p.sum.sums)?;
+                    let r = Instant::now();
+                    coll.all_reduce_sum(&mut v)?;
+                    reduce_s += r.elapsed().as_secs_f64();
+                    times.reduced_bytes += 4 * v.len() as u64;
+                    if p.sum.scale != 1.0 {
+                        v.iter_mut().for_each(|x| *x *= p.sum.scale);
+                    }
+                    ctx.write(&p.sum.sums, &v);
+                }
+            }
+        }
+        if self.graph.train {
+            self.graph.count_bn_forward();
+        }
+        ctx.wait()?;
+        times.compute_s = t.elapsed().as_secs_f64() - reduce_s;
+        if measure_wait {
+            let w = Instant::now();
+            coll.barrier()?;
+            times.wait_s = w.elapsed().as_secs_f64();
+        }
+        let r = Instant::now();
+        let inv = (1.0 / coll.size() as f64) as f32;
+        let grads = self.graph.params.grads.clone();
+        let bucket = crate::dist::ALLREDUCE_BUCKET_FLOATS;
+        for off in (0..grads.len).step_by(bucket) {
+            let part = grads.slice(off, bucket.min(grads.len - off));
+            let mut v = ctx.read_f32(&part)?;
+            coll.all_reduce_sum(&mut v)?;
+            v.iter_mut().for_each(|x| *x *= inv);
+            ctx.write(&part, &v);
+            times.reduced_bytes += 4 * v.len() as u64;
+        }
+        // The loss every rank logs: the mean of the ranks' losses (each the mean over an
+        // equal share of the masked patches) is the global batch's loss.
+        let mut loss = ctx.read_f32(&self.loss)?;
+        coll.all_reduce_sum(&mut loss)?;
+        ctx.write(&self.loss, &[loss[0] * inv]);
+        times.reduce_s = reduce_s + r.elapsed().as_secs_f64();
+        self.submit_optimizer(step, lr, weight_decay)?;
+        Ok(times)
     }
 
     /// The loss of the last submitted forward (blocking read).

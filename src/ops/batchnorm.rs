@@ -89,9 +89,43 @@ pub fn batchnorm_train_forward(
     eps: f32,
     momentum: f32,
 ) -> Result<Vec<Dispatch>> {
+    Ok(batchnorm_train_forward_synced(ctx, x, y, t, rows, c, 1, eps, momentum)?.0)
+}
+
+/// A point where a synchronised BatchNorm needs the host: after the first `after`
+/// dispatches of the op, `sums` (per-split, per-channel partial sums, the same layout
+/// on every rank because every rank has the same row count) must hold the element-wise
+/// sum over all ranks, times `scale`, before the remaining dispatches run.
+#[derive(Clone, Debug)]
+pub struct HostSum {
+    pub after: usize,
+    pub sums: GpuTensor,
+    pub scale: f32,
+}
+
+/// [`batchnorm_train_forward`] over the rows of `world` ranks together (synchronised
+/// BatchNorm, issue 10): each rank holds `rows` of the `rows·world` rows. The partial sums
+/// of both statistics passes are summed across ranks by the host between dispatches (the
+/// returned [`HostSum`]s), and the kernels divide by the global row count, so the
+/// statistics are those of one process holding every row, up to the order of the
+/// fp32 additions. `world = 1`: no host points, the plain op.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_train_forward_synced(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    y: &GpuTensor,
+    t: &BnTensors,
+    rows: usize,
+    c: usize,
+    world: usize,
+    eps: f32,
+    momentum: f32,
+) -> Result<(Vec<Dispatch>, Vec<HostSum>)> {
     let op = "batchnorm_train_forward";
-    if rows < 2 {
-        bail!("{op}: training-mode BatchNorm needs more than 1 value per channel (got {rows} rows of {c} channels); PyTorch raises here too");
+    ensure!(world >= 1, "{op}: world size 0");
+    let global_rows = rows * world;
+    if rows == 0 || global_rows < 2 {
+        bail!("{op}: training-mode BatchNorm needs more than 1 value per channel (got {global_rows} rows of {c} channels); PyTorch raises here too");
     }
     check(op, "x", x, rows * c)?;
     check(op, "y", y, rows * c)?;
@@ -105,10 +139,15 @@ pub fn batchnorm_train_forward(
         c: c as u32,
         splits: splits as u32,
         chunk: chunk as u32,
-        inv_n: (1.0 / rows as f64) as f32,
-        inv_nm1: (1.0 / (rows - 1) as f64) as f32,
+        inv_n: (1.0 / global_rows as f64) as f32,
+        inv_nm1: (1.0 / (global_rows - 1) as f64) as f32,
         eps,
         momentum,
+    };
+    let syncs = if world > 1 {
+        vec![HostSum { after: 1, sums: psum.clone(), scale: 1.0 }, HostSum { after: 2, sums: psq.clone(), scale: 1.0 }]
+    } else {
+        vec![]
     };
     let bind = [x, &psum, &psq, t.save_mean, t.save_invstd, t.running_mean, t.running_var];
     let mut out = vec![];
@@ -121,7 +160,7 @@ pub fn batchnorm_train_forward(
     let k = ctx.kernel("batchnorm_apply")?;
     let a = ApplyParams { n: (rows * c) as u32, c: c as u32, from_var: 0, eps };
     out.push(ctx.dispatch(&k, &a, &[x, t.gamma, t.beta, t.save_mean, t.save_invstd, y], (rows * c) as u64));
-    Ok(out)
+    Ok((out, syncs))
 }
 
 /// Eval-mode forward with the running statistics: `y = (x − rm)/sqrt(rv + eps)·γ + β`.
@@ -166,7 +205,34 @@ pub fn batchnorm_backward(
     c: usize,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
+    Ok(batchnorm_backward_synced(ctx, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, rows, c, 1, accumulate)?.0)
+}
+
+/// [`batchnorm_backward`] of a synchronised BatchNorm over `world` ranks of `rows` rows
+/// each. Each rank's loss is the mean over its own share, so its `dy` is `world` times
+/// that of the global loss: the host sums the per-channel partials `Σdy`, `Σdy·(x−mean)`
+/// over the ranks and scales them by `1/world` (exact for a power of two), which makes
+/// `dgamma`/`dbeta` the global gradient on every rank (the gradient all-reduce then
+/// averages identical values) and `dx` `world` times the global one, like every other
+/// gradient of the rank.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_synced(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    dy: &GpuTensor,
+    gamma: &GpuTensor,
+    save_mean: &GpuTensor,
+    save_invstd: &GpuTensor,
+    dx: &GpuTensor,
+    dgamma: &GpuTensor,
+    dbeta: &GpuTensor,
+    rows: usize,
+    c: usize,
+    world: usize,
+    accumulate: bool,
+) -> Result<(Vec<Dispatch>, Vec<HostSum>)> {
     let op = "batchnorm_backward";
+    ensure!(world >= 1, "{op}: world size 0");
     ensure!(rows >= 1, "{op}: no rows");
     for (w, v) in [("x", x), ("dy", dy), ("dx", dx)] {
         check(op, w, v, rows * c)?;
@@ -184,13 +250,16 @@ pub fn batchnorm_backward(
         inv_n: (1.0 / rows as f64) as f32,
         accumulate: accumulate as u32,
     };
+    let syncs =
+        if world > 1 { vec![HostSum { after: 1, sums: parts.clone(), scale: (1.0 / world as f64) as f32 }] } else { vec![] };
     let bind = [x, dy, gamma, save_mean, save_invstd, &parts, dgamma, dbeta, dx];
     let k = |e: &str| ctx.kernel_entry("batchnorm_backward", e);
-    Ok(vec![
+    let d = vec![
         ctx.dispatch(&k("partials")?, &p, &bind, (splits * c) as u64),
         ctx.dispatch(&k("finalize")?, &p, &bind, c as u64),
         ctx.dispatch(&k("input_grad")?, &p, &bind, (rows * c) as u64),
-    ])
+    ];
+    Ok((d, syncs))
 }
 
 /// Batch statistics of a training-mode forward (f64 reference).
