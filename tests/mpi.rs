@@ -161,8 +161,14 @@ fn resnet_two_ranks_equal_one_process() {
 
 #[test]
 fn convnext_two_ranks_equal_one_process() {
-    // Without drop-path: with it, convnext_pico's 2-rank run departs from one process at
-    // step 2 (issue 10, open; see the report), although each step alone agrees.
+    // Without drop-path. With --drop-path 0.1 and the CPU conv-kernel family, this 2-rank
+    // run departs from one process at step 2 in one BatchNorm's bias gradient
+    // (dense_decoder.dec.3.conv.1: Σdy off, Σdy·x̂ exact, i.e. a per-channel offset in the
+    // incoming gradient), while the same 2-rank run with --kernels gpu, 4 ranks × 1
+    // image, and global batch 8 on 1, 2 or 4 ranks all agree with one process to ≤ 4e-5,
+    // and one process resumed from the 2-rank state agrees too: a data-dependent fault
+    // of a CPU-family backward kernel at the per-rank shapes, not of the data-parallel
+    // path (issue 10 closing note; open).
     two_ranks_equal_one_process("convnext_pico", "0");
 }
 
@@ -294,4 +300,24 @@ fn a_rank_without_an_adapter_ends_every_rank() {
         out.contains("rank 1 of 2 failed") && out.contains("cannot get its adapter") && out.contains("--share-adapter"),
         "{out}"
     );
+}
+
+/// Ctrl-C (SIGINT) on one rank: every rank stops after the same step, rank 0 writes the
+/// checkpoint, the job exits cleanly and says how to resume.
+#[test]
+fn ctrl_c_on_one_rank_stops_every_rank_cleanly() {
+    let Some(()) = open_mpi() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("run");
+    let dir = dir.to_str().unwrap();
+    let (child, text, pid) = start_long_run(dir, &[]);
+    signal("-INT", pid);
+    let (status, out) = ends_within(child, &text, END_WITHIN);
+    assert!(status.success(), "{out}");
+    assert!(out.contains("interrupted"), "{out}");
+    let (_, meta) = read_any(&Path::new(dir).join("checkpoint.safetensors")).unwrap();
+    let next: usize = meta["next_step"].parse().unwrap();
+    let log = std::fs::read_to_string(Path::new(dir).join("log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), next, "the log and the checkpoint disagree on the last step:\n{log}");
+    assert_eq!(meta["world_size"], "2");
 }

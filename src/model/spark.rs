@@ -346,8 +346,8 @@ impl<'c> SparkModel<'c> {
     /// backward, cut at the synchronised BatchNorm's host points; then the gradients
     /// (and the loss) averaged over the ranks in buckets of
     /// [`crate::dist::ALLREDUCE_BUCKET_FLOATS`]; then LAMB, identical on every rank.
-    /// With `measure_wait`, a barrier before the gradient all-reduce separates the time
-    /// spent waiting for slower ranks from the all-reduce itself (`bench`).
+    /// With `measure_wait`, a barrier before every all-reduce separates the time spent
+    /// waiting for slower ranks from the all-reduce itself (`bench`).
     pub fn train_step_dist(
         &mut self,
         coll: &dyn crate::dist::Collective,
@@ -371,6 +371,11 @@ impl<'c> SparkModel<'c> {
                 from = to;
                 if let Some(p) = cut {
                     let mut v = ctx.read_f32(&p.sum.sums)?;
+                    if measure_wait {
+                        let w = Instant::now();
+                        coll.barrier()?;
+                        times.wait_s += w.elapsed().as_secs_f64();
+                    }
                     let r = Instant::now();
                     coll.all_reduce_sum(&mut v)?;
                     reduce_s += r.elapsed().as_secs_f64();
@@ -386,11 +391,11 @@ impl<'c> SparkModel<'c> {
             self.graph.count_bn_forward();
         }
         ctx.wait()?;
-        times.compute_s = t.elapsed().as_secs_f64() - reduce_s;
+        times.compute_s = t.elapsed().as_secs_f64() - reduce_s - times.wait_s;
         if measure_wait {
             let w = Instant::now();
             coll.barrier()?;
-            times.wait_s = w.elapsed().as_secs_f64();
+            times.wait_s += w.elapsed().as_secs_f64();
         }
         let r = Instant::now();
         let inv = (1.0 / coll.size() as f64) as f32;
