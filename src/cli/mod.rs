@@ -57,14 +57,16 @@ impl GpuArgs {
         }
         let ctx = GpuContext::new_for_rank(&self.choice(), world.local_rank(), self.share_adapter)
             .map_err(|e| e.context(format!("rank {} (node-local rank {}) cannot get its adapter", world.rank(), world.local_rank())))?;
-        eprintln!(
-            "rank {} of {} (node-local {}, pid {}): adapter {}",
+        // One write, so that the ranks' first lines do not interleave in the launcher's output.
+        let line = format!(
+            "rank {} of {} (node-local {}, pid {}): adapter {}\n",
             world.rank(),
             world.size(),
             world.local_rank(),
             std::process::id(),
             ctx.describe()
         );
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         Ok(ctx)
     }
 }
