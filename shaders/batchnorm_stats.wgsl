@@ -4,17 +4,22 @@
 // |mean| ≫ std). Both passes are split-K: thread (s, j) sums rows [s·chunk, (s+1)·chunk)
 // of column j in ascending order; the splits are combined in ascending s by every reader,
 // so all readers see the same bits and two runs give identical results (no float atomics).
+// A batch over the adapter's binding limit runs the passes once per chunk of images
+// (graph::chunks): `x` is then the chunk's rows, and its splits are
+// `split_base .. split_base + splits` of the `all_splits` in psum/psq.
 struct Params {
-    rows: u32, c: u32, splits: u32, chunk: u32,
-    inv_n: f32,    // 1 / rows
+    rows: u32, c: u32, splits: u32, chunk: u32,  // of this dispatch's rows
+    inv_n: f32,    // 1 / rows of the whole batch
     inv_nm1: f32,  // 1 / (rows - 1): PyTorch's running_var takes the unbiased variance
     eps: f32,
     momentum: f32,
+    split_base: u32,
+    all_splits: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> psum: array<f32>;   // [splits, c]
-@group(0) @binding(3) var<storage, read_write> psq: array<f32>;    // [splits, c]
+@group(0) @binding(2) var<storage, read_write> psum: array<f32>;   // [all_splits, c]
+@group(0) @binding(3) var<storage, read_write> psq: array<f32>;    // [all_splits, c]
 @group(0) @binding(4) var<storage, read_write> save_mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> save_invstd: array<f32>;
 @group(0) @binding(6) var<storage, read_write> running_mean: array<f32>;
@@ -22,7 +27,7 @@ struct Params {
 
 fn column_mean(j: u32) -> f32 {
     var acc = 0.0;
-    for (var s = 0u; s < p.splits; s++) {
+    for (var s = 0u; s < p.all_splits; s++) {
         acc += psum[s * p.c + j];
     }
     return acc * p.inv_n;
@@ -44,7 +49,7 @@ fn sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     for (var r = s * p.chunk; r < end; r++) {
         acc += x[r * p.c + j];
     }
-    psum[t] = acc;
+    psum[p.split_base * p.c + t] = acc;
 }
 
 // Pass 2: psq[s, j] = Σ (x[r, j] − mean[j])² over the rows of split s.
@@ -61,7 +66,7 @@ fn centred(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         let d = x[r * p.c + j] - m;
         acc += d * d;
     }
-    psq[t] = acc;
+    psq[p.split_base * p.c + t] = acc;
 }
 
 // Per channel: save mean and 1/sqrt(biased var + eps) for the apply and backward passes,
@@ -72,7 +77,7 @@ fn finalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (j >= p.c) { return; }
     let m = column_mean(j);
     var sq = 0.0;
-    for (var s = 0u; s < p.splits; s++) {
+    for (var s = 0u; s < p.all_splits; s++) {
         sq += psq[s * p.c + j];
     }
     save_mean[j] = m;

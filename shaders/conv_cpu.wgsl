@@ -1,5 +1,5 @@
 // Gather convolution for CPU adapters, any K and N (the 3-channel stem input): same
-// contract as conv.wgsl; scalar input loads, vec4 weight loads from the padded re-laid
+// contract as conv (build/conv_gather.rs); scalar input loads, vec4 weight loads from the padded re-laid
 // weight. TR = 32 rows x 32 output channels per thread (see
 // conv_cpu_vec4.wgsl for why CPU tiles are this large).
 //
@@ -19,7 +19,7 @@ struct Params {
 // Tile shape; TR and 4 * TV must match the CPU tiles in src/ops/conv.rs.
 const TR: u32 = 32u;
 const TV: u32 = 8u;
-// Row interleave (see conv.wgsl): a thread's rows are base + RI * i, and G consecutive
+// Row interleave (see conv (build/conv_gather.rs)): a thread's rows are base + RI * i, and G consecutive
 // row tiles share a phase.
 const RI: u32 = 2u;
 const G: u32 = 8u;
@@ -103,7 +103,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let m6 = maps4(o6, t);
         let m7 = maps4(o7, t);
         let mx = max(max(max(max(max(max(max(m0, m1), m2), m3), m4), m5), m6), m7);
-        // Skip taps that none of the rows reads (see conv.wgsl).
+        // Skip taps that none of the rows reads (see conv (build/conv_gather.rs)).
         if (max(max(mx.x, mx.y), max(mx.z, mx.w)) >= 0) {
             let b0 = vec4<u32>(max(m0, zero)) * kstep; let v0 = m0 >= zero;
             let b1 = vec4<u32>(max(m1, zero)) * kstep; let v1 = m1 >= zero;

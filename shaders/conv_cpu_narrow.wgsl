@@ -1,5 +1,5 @@
 // Gather convolution for CPU adapters with N <= 4 output channels (the 3-channel output
-// projection; the stem's data gradient): same contract as conv.wgsl; scalar input loads,
+// projection; the stem's data gradient): same contract as conv (build/conv_gather.rs); scalar input loads,
 // vec4 weight loads from the padded re-laid weight. TR = 64 rows x 4 output channels per
 // thread: a wide column tile would be mostly padding, so the tile grows along rows (see
 // conv_cpu_vec4.wgsl for why CPU tiles are this large). Each loaded input serves only N
@@ -21,7 +21,7 @@ struct Params {
 // Tile shape; TR and 4 * TV must match the CPU tiles in src/ops/conv.rs.
 const TR: u32 = 64u;
 const TV: u32 = 1u;
-// Row interleave (see conv.wgsl): a thread's rows are base + RI * i, and G consecutive
+// Row interleave (see conv (build/conv_gather.rs)): a thread's rows are base + RI * i, and G consecutive
 // row tiles share a phase.
 const RI: u32 = 2u;
 const G: u32 = 8u;
@@ -129,7 +129,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let m14 = maps4(o14, t);
         let m15 = maps4(o15, t);
         let mx = max(max(max(max(max(max(max(max(max(max(max(max(max(max(max(m0, m1), m2), m3), m4), m5), m6), m7), m8), m9), m10), m11), m12), m13), m14), m15);
-        // Skip taps that none of the rows reads (see conv.wgsl), and per 4 rows the input
+        // Skip taps that none of the rows reads (see conv (build/conv_gather.rs)), and per 4 rows the input
         // loads of a tap that none of them reads: with a transposed 4x4/2 map, 3 of 4
         // taps are empty for a row, and the 4 rows of a group (8 consecutive rows) share
         // their image row, so they agree; so do the lanes of a SIMD vector (rows RI * TR

@@ -1,5 +1,5 @@
 // Gather convolution for CPU adapters when K and N are multiples of 4 (every ResNet and
-// ConvNeXt layer except the 3-channel stem and output): same contract as conv.wgsl, with
+// ConvNeXt layer except the 3-channel stem and output): same contract as conv (build/conv_gather.rs), with
 // x, wt and y read and written as vec4s. TR = 32 rows x 32 output channels per thread.
 //
 // Why so large a tile: a CPU driver (llvmpipe) turns each storage load of a divergent
@@ -8,7 +8,7 @@
 // access. Speed is set by components loaded per multiply-add, (TR + TC) / (TR * TC):
 // 0.375 for the 4x8 GPU tile, 0.0625 here. Measured on llvmpipe (3x3, 128 -> 128):
 // 16x16 2.2, 32x32 4.0, 64x32 4.2 GFLOP/s per CPU-second; larger tiles compile slower.
-// On a GPU these accumulators would spill to local memory, so GPUs keep conv.wgsl.
+// On a GPU these accumulators would spill to local memory, so GPUs keep conv (build/conv_gather.rs).
 //
 // Accumulator a<i>_<j> (mat4x4) holds rows 4i..4i+3 (its columns) x channels 4j..4j+3.
 // With X_i the 4 rows' inputs at 4 consecutive input channels (columns) and W_j the
@@ -27,7 +27,7 @@ struct Params {
 // Tile shape; TR and 4 * TV must match the CPU tiles in src/ops/conv.rs.
 const TR: u32 = 32u;
 const TV: u32 = 8u;
-// Row interleave (see conv.wgsl): a thread's rows are base + RI * i, and G consecutive
+// Row interleave (see conv (build/conv_gather.rs)): a thread's rows are base + RI * i, and G consecutive
 // row tiles share a phase.
 const RI: u32 = 2u;
 const G: u32 = 8u;
@@ -109,7 +109,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let m6 = maps4(o6, t);
         let m7 = maps4(o7, t);
         let mx = max(max(max(max(max(max(max(m0, m1), m2), m3), m4), m5), m6), m7);
-        // Skip taps that none of the rows reads (see conv.wgsl), and per 4 rows the input
+        // Skip taps that none of the rows reads (see conv (build/conv_gather.rs)), and per 4 rows the input
         // loads of a tap that none of them reads (see conv_cpu_narrow.wgsl; only the loads
         // are conditional: an accumulator written in a branch costs llvmpipe a blend).
         if (max(max(mx.x, mx.y), max(mx.z, mx.w)) >= 0) {

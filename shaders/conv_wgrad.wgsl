@@ -5,7 +5,7 @@
 //
 // A thread owns TK = 4 input channels x TN = 8 output channels of one tap and one split:
 // per row it loads 1 map entry, 4 inputs and 8 output gradients for 32 FMAs (register
-// tile only; see conv.wgsl for why not workgroup memory). Consecutive threads take
+// tile only; see conv (build/conv_gather.rs) for why not workgroup memory). Consecutive threads take
 // consecutive output-channel tiles, so their dy loads are contiguous.
 struct Params {
     rows: u32,

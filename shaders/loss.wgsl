@@ -10,16 +10,19 @@
 //   patch_loss:   one workgroup per patch, per_patch and d_rec (needs the denominator);
 //   total:        one workgroup, loss[0] = sum(per_patch) / scratch[0].
 // Every sum is a strided per-thread sum then a fixed tree: no atomics, the same bits on
-// every run. Mean and variance take two passes (the one-pass formula cancels badly when
+// every run. A batch over the adapter's binding limit runs patch_loss once per chunk of
+// images (graph::chunks): image, rec and d_rec are then the chunk's images, `batch` and
+// `n_patches` count the chunk's, and its patches are `patch_base ..` of visible and
+// per_patch (count_masked and total run once over every patch). Mean and variance take two passes (the one-pass formula cancels badly when
 // a patch's mean is large relative to its spread).
-struct Params { batch: u32, h: u32, w: u32, psz: u32, fh: u32, fw: u32, n_patches: u32, pad: u32 }
+struct Params { batch: u32, h: u32, w: u32, psz: u32, fh: u32, fw: u32, n_patches: u32, patch_base: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> image: array<f32>;        // [B, H, W, 3]
-@group(0) @binding(2) var<storage, read> rec: array<f32>;          // [B, H, W, 3]
+@group(0) @binding(1) var<storage, read> image: array<f32>;        // [B, H, W, 3] (of the chunk)
+@group(0) @binding(2) var<storage, read> rec: array<f32>;          // [B, H, W, 3] (of the chunk)
 @group(0) @binding(3) var<storage, read> visible: array<u32>;      // [B, fh, fw], 1 = visible
 @group(0) @binding(4) var<storage, read_write> loss: array<f32>;   // [1]
 @group(0) @binding(5) var<storage, read_write> per_patch: array<f32>; // [B, fh, fw]
-@group(0) @binding(6) var<storage, read_write> d_rec: array<f32>;  // [B, H, W, 3]
+@group(0) @binding(6) var<storage, read_write> d_rec: array<f32>;  // [B, H, W, 3] (of the chunk)
 @group(0) @binding(7) var<storage, read_write> scratch: array<f32>; // [0]: n_masked + 1e-8
 
 const WG: u32 = 64u;
@@ -90,7 +93,7 @@ fn patch_loss(
 
     // The official loss multiplies the per-patch loss by the masked flag (no branch, so the
     // barriers below stay in uniform control flow).
-    let masked = select(0.0, 1.0, visible[pid] == 0u);
+    let masked = select(0.0, 1.0, visible[p.patch_base + pid] == 0u);
     // d loss / d rec = 2 (rec - target) / n / (n_masked + 1e-8) on masked patches.
     let g = masked / scratch[0] / nf;
     var se = 0.0;
@@ -101,7 +104,7 @@ fn patch_loss(
         d_rec[a] = 2.0 * diff * g;
     }
     let pl = wg_sum(se, lid) / nf;
-    if (lid == 0u) { per_patch[pid] = pl * masked; }
+    if (lid == 0u) { per_patch[p.patch_base + pid] = pl * masked; }
 }
 
 @compute @workgroup_size(64)

@@ -126,16 +126,19 @@ fn no_driver_noise_on_a_headless_machine() {
     assert!(!stderr(&o).contains("XDG_RUNTIME_DIR"), "{}", stderr(&o));
 }
 
-/// Item 4: a batch whose tensors the adapter cannot bind is refused before anything large
-/// is allocated, and the batch the message names does fit (and one more does not). The
-/// binding limit is lowered on the context so the case is small on every adapter.
+/// Item 4: a batch over what the adapter can hold is refused before anything large is
+/// allocated, and the batch the message names does fit (and one more does not). Ops over
+/// the per-binding limit run in chunks of images (tests/training.rs), so what refuses a
+/// batch is a buffer over `max_buffer_size`; both limits are lowered on the context so the
+/// case is small on every adapter.
 #[test]
-fn a_batch_over_the_binding_limit_is_refused_before_allocating_naming_a_batch_that_fits() {
+fn a_batch_over_the_buffer_limit_is_refused_before_allocating_naming_a_batch_that_fits() {
     use spark_wgpu::gpu::GpuContext;
     use spark_wgpu::model::{DensifyNorm, EncoderConfig, SparkConfig, SparkModel};
     use spark_wgpu::optim::lamb::LambConfig;
     let mut ctx = GpuContext::new_default().unwrap();
     ctx.limits.max_storage_buffer_binding_size = 4 << 20;
+    ctx.limits.max_buffer_size = 8 << 20;
     let cfg = SparkConfig {
         densify_norm: DensifyNorm::Bn,
         encoder: EncoderConfig::preset("resnet_tiny").unwrap(),
@@ -144,26 +147,32 @@ fn a_batch_over_the_binding_limit_is_refused_before_allocating_naming_a_batch_th
         mask_ratio: 0.6,
     };
     let lamb = Some(LambConfig::spark(0.95));
-    // The input image alone ([B·64·64, 3] f32) is over 4 MiB from batch 86 on.
+    // The decoder's transposed-conv map at 64² ([B·4096, 16] i32) is over 8 MiB from batch 33 on.
     let batch = 120;
     let before = ctx.allocated_bytes();
-    let err = SparkModel::build(&ctx, cfg.clone(), batch, lamb).err().expect("batch 120 must not fit 4 MiB bindings").to_string();
+    let err = SparkModel::build(&ctx, cfg.clone(), batch, lamb).err().expect("batch 120 must not fit 8 MiB buffers").to_string();
     assert_eq!(ctx.allocated_bytes(), before, "the refusal allocated buffers: {err}");
-    assert!(err.contains("batch 120") && err.contains("max_storage_buffer_binding_size") && err.contains("4.0 MiB"), "{err}");
+    assert!(err.contains("batch 120") && err.contains("max_buffer_size") && err.contains("8.0 MiB"), "{err}");
     let fits: usize = err
         .split("use --batch ")
         .nth(1)
         .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no batch suggested: {err}"));
-    assert!((1..86).contains(&fits), "suggested batch {fits}: {err}");
+    assert!((1..33).contains(&fits), "suggested batch {fits}: {err}");
     let misfit = |b: usize| {
-        ctx.dry_run(|| SparkModel::build(&ctx, cfg.clone(), b, lamb)).unwrap().misfit(&ctx.limits)
+        ctx.dry_run(|| SparkModel::build(&ctx, cfg.clone(), b, lamb)).unwrap().misfit(&ctx)
     };
     assert_eq!(misfit(fits), None, "the suggested batch {fits} does not fit");
     assert!(misfit(fits + 1).is_some(), "batch {} fits too: the suggestion is not the largest", fits + 1);
     // And the suggested batch really builds and binds without a wgpu error.
-    let m = SparkModel::build(&ctx, cfg, fits, lamb).unwrap();
+    let m = SparkModel::build(&ctx, cfg.clone(), fits, lamb).unwrap();
     ctx.check("building the suggested batch").unwrap();
     drop(m);
+    // A CPU adapter allocates host memory: a graph over what is available is refused the
+    // same way (the budget is lowered to what batch 8 needs).
+    let need_8 = ctx.dry_run(|| SparkModel::build(&ctx, cfg.clone(), 8, lamb)).unwrap().requested_bytes;
+    ctx.memory_budget = Some(need_8);
+    let err = SparkModel::build(&ctx, cfg.clone(), 16, lamb).err().expect("batch 16 must not fit batch 8's memory").to_string();
+    assert!(err.contains("batch 16") && err.contains("host memory") && err.contains("use --batch 8"), "{err}");
 }

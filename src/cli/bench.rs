@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Compute the encoder densely at every site (the official code's dense-then-mask cost).
     #[arg(long)]
     pub dense_encoder: bool,
+    /// Run every op in chunks of at most N images, as a batch over the adapter's binding
+    /// limit does (to measure what the chunking costs).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub chunk_images: Option<u64>,
     /// Skip the per-kernel timestamp profile.
     #[arg(long)]
     pub no_profile: bool,
@@ -87,6 +91,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
         dense_encoder: a.dense_encoder,
         drop_path_rate: crate::ops::drop_path::official_drop_path_rate(&a.model),
         seed: 0,
+        chunk_images: a.chunk_images.map(|n| n as usize),
         ..Default::default()
     };
     let mut model = SparkModel::build_full(&ctx, cfg.clone(), a.batch, Some(lamb), cfg.visible_per_image(), opts)?;
@@ -107,11 +112,14 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
         model.dispatch_count(),
         model.graph.gpu_memory_bytes() as f64 / (1 << 20) as f64
     );
-    let mut step_ms = vec![];
+    let (mut step_ms, mut host_ms) = (vec![], vec![]);
     for i in 0..a.warmup + a.steps {
         let mask = random_patch_mask(100 + i as u64, a.batch, f, f, visible_ratio);
         let t = Instant::now();
         model.set_batch(&images, &mask)?;
+        // The host's share of the step: checking the mask and queueing its upload and the
+        // images' (the sets and maps are built by the graph's GPU prologue).
+        let host = t.elapsed().as_secs_f64() * 1e3;
         model.train_step(i as u32 + 1, 1e-4, 0.04)?;
         ctx.check(&format!("benchmark step {}", i + 1))?;
         ctx.wait()?;
@@ -119,6 +127,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
         eprintln!("step {i}: {ms:.1} ms{}", if i < a.warmup { " (warm-up)" } else { "" });
         if i >= a.warmup {
             step_ms.push(ms);
+            host_ms.push(host);
         }
     }
     if a.warmup + a.steps == 0 {
@@ -127,6 +136,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
         model.set_batch(&images, &mask)?;
     }
     let step = median(step_ms);
+    let host = median(host_ms);
     let enc: Vec<&Dispatch> = model.graph.forward[..model.encoder_forward]
         .iter()
         .chain(model.graph.backward[model.encoder_backward..].iter())
@@ -168,6 +178,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
     println!("model          {} {}×{} batch {} dec-width {} ({} encoder)", a.model, s, s, a.batch, a.dec_width, if a.dense_encoder { "dense" } else { "sparse" });
     println!("step           {step:.1} ms (median of {})", a.steps);
     println!("images/s       {:.2}", a.batch as f64 / step * 1e3);
+    println!("host per step  {host:.2} ms (mask and image upload; maps are built on the GPU)");
     println!("encoder f+b    {encoder_ms:.1} ms");
     println!("GPU memory     {:.1} MiB", model.graph.gpu_memory_bytes() as f64 / (1 << 20) as f64);
     println!("dispatches     {}", model.dispatch_count());
@@ -187,6 +198,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
             "step_ms": step.is_finite().then_some(step),
             "images_per_s": step.is_finite().then(|| a.batch as f64 / step * 1e3),
             "encoder_ms": encoder_ms,
+            "host_ms": host.is_finite().then_some(host),
             "gpu_memory_bytes": model.graph.gpu_memory_bytes(),
             "dispatches": model.dispatch_count(),
             "dense_encoder": a.dense_encoder,
@@ -247,6 +259,7 @@ fn run_dist(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) -
             seed: 0,
             sync_bn_world: n,
             shard: Some((share.start, a.batch)),
+            chunk_images: a.chunk_images.map(|n| n as usize),
         };
         let mut model = SparkModel::build_full(&ctx, cfg.clone(), local, Some(lamb), cfg.visible_per_image(), opts)?;
         ctx.check("building the benchmark graph")?;

@@ -119,6 +119,11 @@ pub struct GpuContext {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// Bytes a graph may allocate, where the adapter says nothing portable about its
+    /// memory but it is known: a CPU adapter's host memory available at creation
+    /// (`gpu::sizing`). `None`: no bound beyond the limits (a GPU reports out-of-memory as
+    /// an error, see `check`).
+    pub memory_budget: Option<u64>,
     /// The conv kernel family in use (`Cpu` or `Gpu`, never `Auto`).
     pub kernel_set: KernelSet,
     pub(crate) kernels: Mutex<HashMap<(String, String), Arc<Kernel>>>,
@@ -245,12 +250,15 @@ impl GpuContext {
                 v.push(e);
             }
         }));
+        let memory_budget =
+            (info.device_type == wgpu::DeviceType::Cpu).then(super::sizing::host_memory_available).flatten();
         Ok(Self {
             device,
             queue,
             info,
             limits,
             features,
+            memory_budget,
             kernel_set,
             kernels: Mutex::new(HashMap::new()),
             allocated_bytes: AtomicU64::new(0),

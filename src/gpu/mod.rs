@@ -9,6 +9,6 @@ mod tensor;
 
 pub use context::{AdapterChoice, KernelSet, GpuContext, list_adapters, AdapterReport};
 pub use kernel::{Dispatch, Kernel, BindingKind};
-pub use shaders::{shader_source, SHADERS};
+pub use shaders::{shader_source, GENERATED_SHADERS, SHADERS};
 pub use tensor::GpuTensor;
 pub use sizing::{DryRunReport, mib};

@@ -40,9 +40,10 @@ impl DryRunReport {
         }
     }
 
-    /// `None` when the graph fits the adapter's per-buffer and per-binding limits, else
-    /// the limit it breaks, in words.
-    pub fn misfit(&self, limits: &wgpu::Limits) -> Option<String> {
+    /// `None` when the graph fits the adapter's per-buffer and per-binding limits and
+    /// (on a CPU adapter) the host memory available, else the limit it breaks, in words.
+    pub fn misfit(&self, ctx: &GpuContext) -> Option<String> {
+        let limits = &ctx.limits;
         let bind = limits.max_storage_buffer_binding_size;
         if self.largest_binding > bind {
             return Some(format!(
@@ -60,8 +61,25 @@ impl DryRunReport {
                 mib(limits.max_buffer_size)
             ));
         }
+        if let Some(budget) = ctx.memory_budget.filter(|&b| self.requested_bytes > b) {
+            return Some(format!(
+                "the graph needs {} but this CPU adapter allocates from host memory, of which {} is available",
+                mib(self.requested_bytes),
+                mib(budget)
+            ));
+        }
         None
     }
+}
+
+/// `MemAvailable` of `/proc/meminfo` in bytes (Linux; `None` elsewhere or unreadable).
+/// A CPU adapter's device memory is host memory, and allocating past it is not a wgpu
+/// error but the kernel's out-of-memory killer, so the graph is sized against it first.
+pub(crate) fn host_memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 pub fn mib(bytes: u64) -> String {
@@ -140,7 +158,7 @@ mod tests {
         assert_eq!(r.requested_bytes, huge as u64 * 4 + 28);
         assert_eq!(r.largest_binding, huge as u64 * 2);
         assert!(r.largest_binding_kernel.contains("fill"), "{}", r.largest_binding_kernel);
-        let why = r.misfit(&ctx.limits).expect("a binding over the limit must not fit");
+        let why = r.misfit(&ctx).expect("a binding over the limit must not fit");
         assert!(why.contains("max_storage_buffer_binding_size"), "{why}");
         assert!(!ctx.is_dry_run());
         ctx.check("after a dry run").unwrap();

@@ -3,22 +3,27 @@
 //!
 //! Shapes are static because every image keeps the same number of visible patches, so
 //! each stage's row count is fixed; only the *contents* of the active sets change per
-//! step. The host computes the row lists and neighbour maps of the step's mask
-//! (`set_mask`) and writes them into buffers of fixed size; the dispatches themselves
-//! never change.
+//! step. The host writes the step's patch mask (`set_mask`, a few KB); the graph's first
+//! dispatches (`prologue`, spliced in front of the forward by `finish_prologue`) build
+//! every sparse set's row lists and every neighbour map touching one from it on the GPU
+//! (`sparse::gpu`), into buffers of fixed size. Dense sets and maps never change and are
+//! built once on the host. The dispatches themselves never change.
 //!
 //! Autodiff is a tape: every forward op records its dispatches and pushes a closure that
 //! records its backward dispatches. `build_backward` runs the closures in reverse.
 //! Input gradients use "first writer overwrites, later writers add" (`accumulate`), so no
 //! gradient buffer needs clearing and fan-in sums in a fixed order.
 
+pub mod chunks;
 pub mod nodes;
 pub mod params;
 
 use anyhow::Result;
 
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
+use crate::sparse::gpu::{MaskTensor, SetIndices, active_rows, neighbour_maps, relative_copy};
 use crate::sparse::{ActiveSet, PatchMask, Window, conv_map, inverse_map, transposed_conv_map};
+pub use chunks::Chunks;
 pub use params::{Kind, ParamId, ParamRegistry, ParamSpec, ParamStore};
 
 /// A stage resolution: sparse (visible sites of the step's mask) or dense (every site).
@@ -34,8 +39,20 @@ pub struct StageSet {
     pub row_of: GpuTensor,
     /// i32 `[rows]`: site index `(b*h+y)*w+x` of each row.
     pub site_of_row: GpuTensor,
-    /// The host copy for the current mask.
-    pub active: ActiveSet,
+    /// Chunk-relative copies of `row_of` and `site_of_row` for chunked ops (see
+    /// `chunks`), one per chunking in use.
+    relative: Vec<(Chunks, GpuTensor, GpuTensor)>,
+}
+
+impl StageSet {
+    fn indices(&self) -> SetIndices<'_> {
+        SetIndices { h: self.h, w: self.w, row_of: &self.row_of, site_of_row: &self.site_of_row }
+    }
+}
+
+/// The site index `(b*h+y)*w+x` of every row of `a`.
+fn site_indices(a: &ActiveSet) -> Vec<i32> {
+    a.sites.iter().map(|&[b, y, x]| ((b as usize * a.h + y as usize) * a.w + x as usize) as i32).collect()
 }
 
 struct MapEntry {
@@ -43,8 +60,17 @@ struct MapEntry {
     to: SetId,
     win: Window,
     transposed: bool,
+    /// Chunk-relative indices when not whole (see `chunks`).
+    chunks: Chunks,
     map: GpuTensor,
     inv: GpuTensor,
+}
+
+/// The placeholder mask of a graph before its first step: the first `visible` patches of
+/// every image.
+fn placeholder_mask(batch: usize, fh: usize, fw: usize, visible: usize) -> PatchMask {
+    let per = fh * fw;
+    PatchMask::new(batch, fh, fw, (0..batch * per).map(|i| (i % per < visible) as u8).collect())
 }
 
 /// A tensor of the graph: `[rows of its set, c]`.
@@ -91,12 +117,19 @@ pub struct Graph<'c> {
     maps: Vec<MapEntry>,
     vars: Vec<VarInfo>,
     pub forward: Vec<Dispatch>,
+    /// The step's patch mask on the GPU (u32 `[B, fh, fw]`, 1 = visible) and on the host.
+    pub mask: GpuTensor,
+    host_mask: PatchMask,
+    /// Dispatches that build the step's sparse sets and maps from `mask`, run before the
+    /// forward (see `finish_prologue`).
+    prologue: Vec<Dispatch>,
     tape: Vec<BackwardFn>,
     pub backward: Vec<Dispatch>,
     /// Dead gradient buffers available for reuse while the backward is recorded.
     grad_pool: Vec<GpuTensor>,
     /// Per-image scale tensors of the drop-path nodes and their rates, in layer order.
-    drop_paths: Vec<(GpuTensor, f64)>,
+    /// (one scale tensor per chunk of the node's chunking, the chunking, the rate).
+    drop_paths: Vec<(Vec<GpuTensor>, Chunks, f64)>,
     /// BatchNorm counters incremented by each training forward.
     bn_counters: Vec<ParamId>,
     /// Compute every "sparse" stage densely (every site), as the official code does
@@ -110,6 +143,9 @@ pub struct Graph<'c> {
     /// `global_batch` (per-image random draws are those of the global batch).
     pub image_offset: usize,
     pub global_batch: usize,
+    /// Split every op into chunks of at most this many images even where the batch fits
+    /// the adapter's binding limit (see `chunks`): to test and measure the chunked path.
+    pub chunk_images: Option<usize>,
 }
 
 impl<'c> Graph<'c> {
@@ -122,6 +158,8 @@ impl<'c> Graph<'c> {
         visible_per_image: usize,
         train: bool,
     ) -> Self {
+        let host_mask = placeholder_mask(batch, fh, fw, visible_per_image);
+        let visible: Vec<u32> = host_mask.visible.iter().map(|&v| v as u32).collect();
         Self {
             ctx,
             batch,
@@ -134,12 +172,16 @@ impl<'c> Graph<'c> {
             maps: vec![],
             vars: vec![],
             forward: vec![],
+            mask: ctx.upload(&visible),
+            host_mask,
+            prologue: vec![],
             tape: vec![],
             backward: vec![],
             grad_pool: vec![],
             drop_paths: vec![],
             bn_counters: vec![],
             dense_encoder: false,
+            chunk_images: None,
             sync_bn_world: 1,
             host_points: vec![],
             image_offset: 0,
@@ -161,25 +203,34 @@ impl<'c> Graph<'c> {
             return SetId(i);
         }
         let sites = self.batch * h * w;
-        let active = if sparse {
-            // Placeholder until the first mask: the first `visible_per_image` patches.
-            let per = self.fh * self.fw;
-            let v = (0..self.batch * per).map(|i| (i % per < self.visible_per_image) as u8).collect();
-            ActiveSet::from_patch_mask(&PatchMask::new(self.batch, self.fh, self.fw, v), h, w)
+        let set = if sparse {
+            let rows = self.batch * self.visible_per_image * (h / self.fh) * (w / self.fw);
+            let set = StageSet {
+                h,
+                w,
+                sparse,
+                rows,
+                row_of: self.ctx.zeros(sites),
+                site_of_row: self.ctx.zeros(rows),
+                relative: vec![],
+            };
+            let ch = self.chunks_for_bytes(&[(h * w * 4) as u64, (rows / self.batch * 4) as u64]);
+            for r in ch.ranges() {
+                let d = active_rows(self.ctx, self.mask_tensor(), set.indices(), r).expect("a stage of the patch grid");
+                self.prologue.push(d);
+            }
+            set
         } else {
-            ActiveSet::dense(self.batch, h, w)
-        };
-        let rows = active.rows();
-        let site_of_row: Vec<i32> =
-            active.sites.iter().map(|&[b, y, x]| ((b as usize * h + y as usize) * w + x as usize) as i32).collect();
-        let set = StageSet {
-            h,
-            w,
-            sparse,
-            rows,
-            row_of: self.ctx.upload(&active.row_of),
-            site_of_row: self.ctx.upload(&site_of_row),
-            active,
+            let active = ActiveSet::dense(self.batch, h, w);
+            StageSet {
+                h,
+                w,
+                sparse,
+                rows: active.rows(),
+                row_of: self.ctx.upload(&active.row_of),
+                site_of_row: self.ctx.upload(&site_indices(&active)),
+                relative: vec![],
+            }
         };
         assert_eq!(set.row_of.len, sites);
         self.sets.push(set);
@@ -190,22 +241,104 @@ impl<'c> Graph<'c> {
         &self.sets[s.0]
     }
 
-    /// Gather maps `(map, inverse)` from `from` to `to` (created on first use).
-    pub fn maps(&mut self, from: SetId, to: SetId, win: Window, transposed: bool) -> (GpuTensor, GpuTensor) {
-        if let Some(m) =
-            self.maps.iter().find(|m| m.from == from && m.to == to && m.win == win && m.transposed == transposed)
+    fn mask_tensor(&self) -> MaskTensor<'_> {
+        MaskTensor {
+            visible: &self.mask,
+            batch: self.batch,
+            fh: self.fh,
+            fw: self.fw,
+            visible_per_image: self.visible_per_image,
+        }
+    }
+
+    /// The active sites of set `s` under the current mask, on the host (for reading
+    /// results back; the graph itself builds them on the GPU).
+    pub fn active_set(&self, s: SetId) -> ActiveSet {
+        let set = &self.sets[s.0];
+        if set.sparse {
+            ActiveSet::from_patch_mask(&self.host_mask, set.h, set.w)
+        } else {
+            ActiveSet::dense(self.batch, set.h, set.w)
+        }
+    }
+
+    /// Put the prologue (the GPU build of the step's sets and maps) in front of the
+    /// forward; returns how many dispatches it holds. Called once, when the graph is
+    /// complete.
+    pub fn finish_prologue(&mut self) -> usize {
+        let p = std::mem::take(&mut self.prologue);
+        let n = p.len();
+        self.forward.splice(0..0, p);
+        // The forward's host points move with the dispatches they follow.
+        for h in self.host_points.iter_mut().filter(|h| h.pass == Pass::Forward) {
+            h.at += n;
+        }
+        n
+    }
+
+    /// Record a dispatch that runs in the prologue, after every set and map built so far
+    /// (e.g. gathering the visible input pixels).
+    pub fn push_prologue(&mut self, d: impl IntoIterator<Item = Dispatch>) {
+        self.prologue.extend(d);
+    }
+
+    /// `row_of` and `site_of_row` of set `s` for an op chunked as `ch` (chunk-relative
+    /// copies, kept up to date by `set_mask`, when `ch` is not whole).
+    pub fn row_indices(&mut self, s: SetId, ch: Chunks) -> (GpuTensor, GpuTensor) {
+        let set = &self.sets[s.0];
+        if ch.is_whole() {
+            return (set.row_of.clone(), set.site_of_row.clone());
+        }
+        if let Some((_, r, q)) = set.relative.iter().find(|e| e.0 == ch) {
+            return (r.clone(), q.clone());
+        }
+        let (r, q) = (self.ctx.zeros(set.row_of.len), self.ctx.zeros(set.site_of_row.len));
+        let (sites, rows) = (set.h * set.w, set.rows / self.batch);
+        let m = self.mask_tensor();
+        let mut d = vec![];
+        for imgs in self.chunks_for_bytes(&[sites as u64 * 4, rows as u64 * 4]).ranges() {
+            d.push(relative_copy(self.ctx, m, &set.row_of, &r, sites, rows, ch.images, imgs.clone()));
+            d.push(relative_copy(self.ctx, m, &set.site_of_row, &q, rows, sites, ch.images, imgs));
+        }
+        let d: Vec<Dispatch> = d.into_iter().collect::<Result<_>>().expect("relative copies of a set's indices");
+        self.prologue.extend(d);
+        self.sets[s.0].relative.push((ch, r.clone(), q.clone()));
+        (r, q)
+    }
+
+    /// Gather maps `(map, inverse)` from `from` to `to` for an op chunked as `ch`
+    /// (created on first use; chunk-relative when `ch` is not whole).
+    pub fn maps(&mut self, from: SetId, to: SetId, win: Window, transposed: bool, ch: Chunks) -> (GpuTensor, GpuTensor) {
+        if let Some(m) = self
+            .maps
+            .iter()
+            .find(|m| m.from == from && m.to == to && m.win == win && m.transposed == transposed && m.chunks == ch)
         {
             return (m.map.clone(), m.inv.clone());
         }
-        let (map, inv) = Self::compute_maps(&self.sets[from.0].active, &self.sets[to.0].active, win, transposed);
-        let entry = MapEntry {
-            from,
-            to,
-            win,
-            transposed,
-            map: self.ctx.upload(&map.map),
-            inv: self.ctx.upload(&inv.map),
+        let (a, b) = (&self.sets[from.0], &self.sets[to.0]);
+        let (map, inv) = if a.sparse || b.sparse {
+            let taps = win.taps();
+            let (map, inv) = (self.ctx.zeros(b.rows * taps), self.ctx.zeros(a.rows * taps));
+            let chunk = if ch.is_whole() { 0 } else { ch.images };
+            let (pa, pb) = ((a.rows / self.batch) as u64 * 4, (b.rows / self.batch) as u64 * 4);
+            let bytes = [(a.h * a.w * 4) as u64, (b.h * b.w * 4) as u64, pa, pb, pa * taps as u64, pb * taps as u64];
+            let mut d = vec![];
+            for imgs in self.chunks_for_bytes(&bytes).ranges() {
+                let (a, b) = (&self.sets[from.0], &self.sets[to.0]);
+                d.extend(
+                    neighbour_maps(self.ctx, self.mask_tensor(), a.indices(), b.indices(), win, transposed, chunk, &map, &inv, imgs)
+                        .expect("maps between stages of the patch grid"),
+                );
+            }
+            self.prologue.extend(d);
+            (map, inv)
+        } else {
+            let (from_set, to_set) = (self.active_set(from), self.active_set(to));
+            let (map, inv) = Self::compute_maps(&from_set, &to_set, win, transposed, ch);
+            (self.ctx.upload(&map.map), self.ctx.upload(&inv.map))
         };
+        let entry = MapEntry { from, to, win, transposed, chunks: ch, map, inv };
         let out = (entry.map.clone(), entry.inv.clone());
         self.maps.push(entry);
         out
@@ -216,9 +349,16 @@ impl<'c> Graph<'c> {
         to: &ActiveSet,
         win: Window,
         transposed: bool,
+        ch: Chunks,
     ) -> (crate::sparse::NeighbourMap, crate::sparse::NeighbourMap) {
         let map = if transposed { transposed_conv_map(from, to, win) } else { conv_map(from, to, win) };
-        let inv = inverse_map(&map, from.rows());
+        let mut inv = inverse_map(&map, from.rows());
+        let mut map = map;
+        if !ch.is_whole() {
+            let (rin, rout, taps) = (from.rows() / ch.batch, to.rows() / ch.batch, win.taps());
+            chunks::relativize(&mut map.map, rout * taps, rin, ch.images);
+            chunks::relativize(&mut inv.map, rin * taps, rout, ch.images);
+        }
         (map, inv)
     }
 
@@ -243,22 +383,9 @@ impl<'c> Graph<'c> {
                 self.visible_per_image
             );
         }
-        for s in self.sets.iter_mut().filter(|s| s.sparse) {
-            s.active = ActiveSet::from_patch_mask(mask, s.h, s.w);
-            let (h, w) = (s.h, s.w);
-            let site_of_row: Vec<i32> =
-                s.active.sites.iter().map(|&[b, y, x]| ((b as usize * h + y as usize) * w + x as usize) as i32).collect();
-            self.ctx.write(&s.row_of, &s.active.row_of);
-            self.ctx.write(&s.site_of_row, &site_of_row);
-        }
-        for m in &self.maps {
-            if self.sets[m.from.0].sparse || self.sets[m.to.0].sparse {
-                let (map, inv) =
-                    Self::compute_maps(&self.sets[m.from.0].active, &self.sets[m.to.0].active, m.win, m.transposed);
-                self.ctx.write(&m.map, &map.map);
-                self.ctx.write(&m.inv, &inv.map);
-            }
-        }
+        let visible: Vec<u32> = mask.visible.iter().map(|&v| (v != 0) as u32).collect();
+        self.ctx.write(&self.mask, &visible);
+        self.host_mask = mask.clone();
         Ok(())
     }
 
@@ -373,9 +500,12 @@ impl<'c> Graph<'c> {
     /// Draw the drop-path masks of training step `step` (reproducible from the seed, so a
     /// resumed run draws the same ones).
     pub fn set_drop_path_step(&self, seed: u64, step: u64) {
-        for (layer, (scale, p)) in self.drop_paths.iter().enumerate() {
+        for (layer, (scales, ch, p)) in self.drop_paths.iter().enumerate() {
             let s = crate::ops::drop_path::drop_path_scales(seed, step, layer as u64, self.global_batch, *p);
-            self.ctx.write(scale, &s[self.image_offset..self.image_offset + self.batch]);
+            let s = &s[self.image_offset..self.image_offset + self.batch];
+            for (t, r) in scales.iter().zip(ch.ranges()) {
+                self.ctx.write(t, &s[r]);
+            }
         }
     }
 

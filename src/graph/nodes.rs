@@ -1,10 +1,14 @@
 //! Graph nodes: each forward op records its dispatches and its backward closure.
 
 use anyhow::Result;
+use std::ops::Range;
 
-use super::{Graph, ParamId, SetId, Var};
+use super::{Chunks, Graph, ParamId, SetId, Var};
+use crate::gpu::GpuTensor;
 use crate::ops::activation::{Activation, activation_backward, activation_forward};
-use crate::ops::batchnorm::{BnTensors, batchnorm_backward_synced, batchnorm_eval_forward, batchnorm_train_forward_synced};
+use crate::ops::batchnorm::{
+    BnSavedTensors, BnTensors, batchnorm_backward_synced, batchnorm_eval_forward, batchnorm_train_forward_synced,
+};
 use crate::ops::conv::{ConvShape, WeightLayout, conv_data_grad, conv_forward, conv_weight_grad};
 use crate::ops::densify::{scatter_rows, scatter_rows_backward};
 use crate::ops::depthwise::{dw_data_grad, dw_forward, dw_weight_grad};
@@ -53,30 +57,68 @@ fn labelled(mut d: Vec<crate::gpu::Dispatch>, label: String) -> Vec<crate::gpu::
 }
 pub const BN_MOMENTUM: f32 = 0.1;
 
+/// What an op that keeps its input's set and width starts from: the width, the set, its
+/// rows (all and per image), the op's chunking, the output and both tensors.
+struct RowOp {
+    c: usize,
+    set: SetId,
+    rows: usize,
+    per: usize,
+    ch: Chunks,
+    y: Var,
+    xt: GpuTensor,
+    yt: GpuTensor,
+}
+
+impl Graph<'_> {
+    /// Start an op from `x` to a new output of the same set and width, chunked for its
+    /// `[rows, c]` tensors and side tensors `[rows, w]` for each `w` of `side_widths`.
+    fn row_op(&mut self, x: Var, side_widths: &[usize]) -> RowOp {
+        let (c, set) = (self.channels(x), self.set_of(x));
+        let parts: Vec<_> = std::iter::once(c).chain(side_widths.iter().copied()).map(|w| (set, w)).collect();
+        let ch = self.chunks_for(&parts);
+        let y = self.push_var(set, c, true);
+        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
+        RowOp { c, set, rows: self.rows(x), per: self.rows_per_image(set), ch, y, xt, yt }
+    }
+}
+
 impl Graph<'_> {
     /// Gather convolution from `x`'s set to `out_set` (sparse or dense; `transposed` for
     /// ConvTranspose2d). Weight layout follows PyTorch.
     pub fn conv(&mut self, x: Var, out_set: SetId, p: ConvIds, cout: usize, win: Window, transposed: bool) -> Result<Var> {
         let cin = self.channels(x);
         let taps = win.taps();
-        let (map, inv) = self.maps(self.set_of(x), out_set, win, transposed);
+        let from = self.set_of(x);
+        let ch = self.chunks_for(&[(from, cin), (out_set, cout), (out_set, taps), (from, taps)]);
+        let (map, inv) = self.maps(from, out_set, win, transposed, ch);
         let layout = if transposed { WeightLayout::iohw(cin, cout, taps) } else { WeightLayout::oihw(cin, cout, taps) };
         let y = self.push_var(out_set, cout, true);
         let s = ConvShape { rows_in: self.rows(x), rows_out: self.rows(y), cin, cout, taps };
+        let (per_in, per_out) = (self.rows_per_image(from), self.rows_per_image(out_set));
+        let shape = move |r: &Range<usize>| ConvShape { rows_in: per_in * r.len(), rows_out: per_out * r.len(), ..s };
         let (w, b) = (self.params.tensor(p.weight), p.bias.map(|b| self.params.tensor(b)));
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
         let flops = 2 * (s.rows_out * taps * cin * cout) as u64;
-        let d = conv_forward(self.ctx, &xt, &map, &w, layout, b.as_ref(), &yt, s, false)?;
+        let d = self.per_chunk(ch, |g, r| {
+            let (xv, mv, yv) = (g.view(&xt, from, cin, r), g.view(&map, out_set, taps, r), g.view(&yt, out_set, cout, r));
+            conv_forward(g.ctx, &xv, &mv, &w, layout, b.as_ref(), &yv, shape(r), false)
+        })?;
         let name = format!("{} {}x{} {}->{} rows {}", self.params.spec(p.weight).name, win.kh, win.kw, cin, cout, s.rows_out);
         self.forward.extend(labelled(with_flops(d, flops), format!("fwd {name}")));
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
-            let dw = g.params.grad(p.weight);
-            let db = p.bias.map(|b| g.params.grad(b));
-            let d = conv_weight_grad(g.ctx, &xt, &map, &dy, &dw, layout, db.as_ref(), s)?;
+            let targets: Vec<_> = std::iter::once(g.params.grad(p.weight)).chain(p.bias.map(|b| g.params.grad(b))).collect();
+            let d = g.per_chunk_summed(ch, &targets, |g, r, t| {
+                let (xv, mv, dyv) = (g.view(&xt, from, cin, r), g.view(&map, out_set, taps, r), g.view(&dy, out_set, cout, r));
+                conv_weight_grad(g.ctx, &xv, &mv, &dyv, &t[0], layout, t.get(1), shape(r))
+            })?;
             g.backward.extend(labelled(with_flops(d, flops), format!("wgrad {name}")));
             if let Some((dx, acc)) = g.grad_in(x) {
-                let d = conv_data_grad(g.ctx, &dy, &inv, &w, layout, &dx, s, acc)?;
+                let d = g.per_chunk(ch, |g, r| {
+                    let (dyv, iv, dxv) = (g.view(&dy, out_set, cout, r), g.view(&inv, from, taps, r), g.view(&dx, from, cin, r));
+                    conv_data_grad(g.ctx, &dyv, &iv, &w, layout, &dxv, shape(r), acc)
+                })?;
                 g.backward.extend(labelled(with_flops(d, flops), format!("dgrad {name}")));
             }
             Ok(())
@@ -88,22 +130,33 @@ impl Graph<'_> {
     pub fn dwconv(&mut self, x: Var, p: ConvIds, win: Window) -> Result<Var> {
         let c = self.channels(x);
         let set = self.set_of(x);
-        let (map, inv) = self.maps(set, set, win, false);
         let taps = win.taps();
+        let ch = self.chunks_for(&[(set, c), (set, taps)]);
+        let (map, inv) = self.maps(set, set, win, false, ch);
         let y = self.push_var(set, c, true);
-        let rows = self.rows(x);
+        let (rows, per) = (self.rows(x), self.rows_per_image(set));
         let (w, b) = (self.params.tensor(p.weight), p.bias.map(|b| self.params.tensor(b)));
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
         let flops = 2 * (rows * taps * c) as u64;
-        self.forward.extend(with_flops(dw_forward(self.ctx, &xt, &map, &w, b.as_ref(), &yt, rows, c, taps)?, flops));
+        let d = self.per_chunk(ch, |g, r| {
+            let (xv, mv, yv) = (g.view(&xt, set, c, r), g.view(&map, set, taps, r), g.view(&yt, set, c, r));
+            dw_forward(g.ctx, &xv, &mv, &w, b.as_ref(), &yv, per * r.len(), c, taps)
+        })?;
+        self.forward.extend(with_flops(d, flops));
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
-            let dw = g.params.grad(p.weight);
-            let db = p.bias.map(|b| g.params.grad(b));
-            let d = dw_weight_grad(g.ctx, &xt, &map, &dy, &dw, db.as_ref(), rows, c, taps)?;
+            let targets: Vec<_> = std::iter::once(g.params.grad(p.weight)).chain(p.bias.map(|b| g.params.grad(b))).collect();
+            let d = g.per_chunk_summed(ch, &targets, |g, r, t| {
+                let (xv, mv, dyv) = (g.view(&xt, set, c, r), g.view(&map, set, taps, r), g.view(&dy, set, c, r));
+                dw_weight_grad(g.ctx, &xv, &mv, &dyv, &t[0], t.get(1), per * r.len(), c, taps)
+            })?;
             g.backward.extend(d);
             if let Some((dx, acc)) = g.grad_in(x) {
-                g.backward.extend(dw_data_grad(g.ctx, &dy, &inv, &w, &dx, rows, c, taps, acc)?);
+                let d = g.per_chunk(ch, |g, r| {
+                    let (dyv, iv, dxv) = (g.view(&dy, set, c, r), g.view(&inv, set, taps, r), g.view(&dx, set, c, r));
+                    dw_data_grad(g.ctx, &dyv, &iv, &w, &dxv, per * r.len(), c, taps, acc)
+                })?;
+                g.backward.extend(d);
             }
             Ok(())
         });
@@ -112,16 +165,17 @@ impl Graph<'_> {
 
     /// BatchNorm over the rows of `x` (sparse: visible sites of the batch; dense: all).
     pub fn batchnorm(&mut self, x: Var, p: BnIds) -> Result<Var> {
-        let c = self.channels(x);
-        let rows = self.rows(x);
-        let y = self.push_var(self.set_of(x), c, true);
-        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let RowOp { c, set, rows, per, ch, y, xt, yt } = self.row_op(x, &[]);
         let gamma = self.params.tensor(p.weight);
         let beta = self.params.tensor(p.bias);
         let rm = self.params.tensor(p.running_mean);
         let rv = self.params.tensor(p.running_var);
         if !self.train {
-            self.forward.extend(batchnorm_eval_forward(self.ctx, &xt, &yt, &gamma, &beta, &rm, &rv, rows, c, BN_EPS)?);
+            let d = self.per_chunk(ch, |g, r| {
+                let (xv, yv) = (g.view(&xt, set, c, r), g.view(&yt, set, c, r));
+                batchnorm_eval_forward(g.ctx, &xv, &yv, &gamma, &beta, &rm, &rv, per * r.len(), c, BN_EPS)
+            })?;
+            self.forward.extend(d);
             return Ok(y);
         }
         self.bn_counters.push(p.num_batches_tracked);
@@ -135,8 +189,9 @@ impl Graph<'_> {
             save_mean: &save_mean,
             save_invstd: &save_invstd,
         };
+        let views: Vec<_> = ch.ranges().map(|r| (self.view(&xt, set, c, &r), self.view(&yt, set, c, &r))).collect();
         let world = self.sync_bn_world;
-        let (d, sums) = batchnorm_train_forward_synced(self.ctx, &xt, &yt, &t, rows, c, world, BN_EPS, BN_MOMENTUM)?;
+        let (d, sums) = batchnorm_train_forward_synced(self.ctx, &views, &t, c, world, BN_EPS, BN_MOMENTUM)?;
         let base = self.forward.len();
         self.forward.extend(d);
         self.note_host_points(super::Pass::Forward, base, sums);
@@ -146,9 +201,12 @@ impl Graph<'_> {
             // The data gradient always exists here (BN never sees the input image), but the
             // kernel needs a target either way.
             let (dx, acc) = g.grad_in(x).unwrap_or_else(|| (g.ctx.zeros(rows * c), false));
-            let (d, sums) = batchnorm_backward_synced(
-                g.ctx, &xt, &dy, &gamma, &save_mean, &save_invstd, &dx, &dgamma, &dbeta, rows, c, world, acc,
-            )?;
+            let views: Vec<_> = ch
+                .ranges()
+                .map(|r| (g.view(&xt, set, c, &r), g.view(&dy, set, c, &r), g.view(&dx, set, c, &r)))
+                .collect();
+            let saved = BnSavedTensors { gamma: &gamma, save_mean: &save_mean, save_invstd: &save_invstd };
+            let (d, sums) = batchnorm_backward_synced(g.ctx, &views, &saved, &dgamma, &dbeta, c, world, acc)?;
             let base = g.backward.len();
             g.backward.extend(d);
             g.note_host_points(super::Pass::Backward, base, sums);
@@ -160,18 +218,24 @@ impl Graph<'_> {
     /// LayerNorm over the channels of every row (ConvNeXt; channels-first LN on NCHW is
     /// the same computation in channels-last).
     pub fn layernorm(&mut self, x: Var, weight: ParamId, bias: ParamId, eps: f32) -> Result<Var> {
-        let c = self.channels(x);
-        let rows = self.rows(x);
-        let y = self.push_var(self.set_of(x), c, true);
-        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let RowOp { c, set, rows, per, ch, y, xt, yt } = self.row_op(x, &[1]);
         let (gamma, beta) = (self.params.tensor(weight), self.params.tensor(bias));
         let (mean, invstd) = (self.ctx.zeros(rows), self.ctx.zeros(rows));
-        self.forward.extend(layernorm_forward(self.ctx, &xt, &gamma, &beta, &yt, &mean, &invstd, rows, c, eps)?);
+        let d = self.per_chunk(ch, |g, r| {
+            let (xv, yv) = (g.view(&xt, set, c, r), g.view(&yt, set, c, r));
+            let (mv, iv) = (g.view(&mean, set, 1, r), g.view(&invstd, set, 1, r));
+            layernorm_forward(g.ctx, &xv, &gamma, &beta, &yv, &mv, &iv, per * r.len(), c, eps)
+        })?;
+        self.forward.extend(d);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
-            let (dgamma, dbeta) = (g.params.grad(weight), g.params.grad(bias));
+            let targets = [g.params.grad(weight), g.params.grad(bias)];
             let (dx, acc) = g.grad_in(x).unwrap_or_else(|| (g.ctx.zeros(rows * c), false));
-            let d = layernorm_backward(g.ctx, &xt, &dy, &gamma, &mean, &invstd, &dx, &dgamma, &dbeta, rows, c, acc)?;
+            let d = g.per_chunk_summed(ch, &targets, |g, r, t| {
+                let (xv, dyv, dxv) = (g.view(&xt, set, c, r), g.view(&dy, set, c, r), g.view(&dx, set, c, r));
+                let (mv, iv) = (g.view(&mean, set, 1, r), g.view(&invstd, set, 1, r));
+                layernorm_backward(g.ctx, &xv, &dyv, &gamma, &mv, &iv, &dxv, &t[0], &t[1], per * r.len(), c, acc)
+            })?;
             g.backward.extend(d);
             Ok(())
         });
@@ -179,15 +243,18 @@ impl Graph<'_> {
     }
 
     pub fn activation(&mut self, x: Var, act: Activation) -> Result<Var> {
-        let c = self.channels(x);
-        let n = self.rows(x) * c;
-        let y = self.push_var(self.set_of(x), c, true);
-        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
-        self.forward.extend(activation_forward(self.ctx, act, &xt, &yt, n)?);
+        let RowOp { c, set, per, ch, y, xt, yt, .. } = self.row_op(x, &[]);
+        let n = per * c;
+        let d = self.per_chunk(ch, |g, r| activation_forward(g.ctx, act, &g.view(&xt, set, c, r), &g.view(&yt, set, c, r), n * r.len()))?;
+        self.forward.extend(d);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             if let Some((dx, acc)) = g.grad_in(x) {
-                g.backward.extend(activation_backward(g.ctx, act, &xt, &dy, &dx, n, acc)?);
+                let d = g.per_chunk(ch, |g, r| {
+                    let (xv, dyv, dxv) = (g.view(&xt, set, c, r), g.view(&dy, set, c, r), g.view(&dx, set, c, r));
+                    activation_backward(g.ctx, act, &xv, &dyv, &dxv, n * r.len(), acc)
+                })?;
+                g.backward.extend(d);
             }
             Ok(())
         });
@@ -198,15 +265,22 @@ impl Graph<'_> {
         assert_eq!(self.set_of(a), self.set_of(b), "add of tensors on different sets");
         assert_eq!(self.channels(a), self.channels(b), "add of tensors with different widths");
         let c = self.channels(a);
-        let n = self.rows(a) * c;
-        let y = self.push_var(self.set_of(a), c, true);
+        let set = self.set_of(a);
+        let n = self.rows_per_image(set) * c;
+        let ch = self.chunks_for(&[(set, c)]);
+        let y = self.push_var(set, c, true);
         let (at, bt, yt) = (self.tensor(a).clone(), self.tensor(b).clone(), self.tensor(y).clone());
-        self.forward.extend(add(self.ctx, &at, &bt, &yt, n)?);
+        let d = self.per_chunk(ch, |g, r| {
+            let (av, bv, yv) = (g.view(&at, set, c, r), g.view(&bt, set, c, r), g.view(&yt, set, c, r));
+            add(g.ctx, &av, &bv, &yv, n * r.len())
+        })?;
+        self.forward.extend(d);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             for v in [a, b] {
                 if let Some((dx, acc)) = g.grad_in(v) {
-                    g.backward.extend(copy_or_add(g.ctx, &dy, &dx, n, acc)?);
+                    let d = g.per_chunk(ch, |g, r| copy_or_add(g.ctx, &g.view(&dy, set, c, r), &g.view(&dx, set, c, r), n * r.len(), acc))?;
+                    g.backward.extend(d);
                 }
             }
             Ok(())
@@ -216,17 +290,18 @@ impl Graph<'_> {
 
     /// `y = x · gamma[c]` (ConvNeXt layer scale).
     pub fn channel_scale(&mut self, x: Var, gamma: ParamId) -> Result<Var> {
-        let c = self.channels(x);
-        let rows = self.rows(x);
-        let y = self.push_var(self.set_of(x), c, true);
-        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
+        let RowOp { c, set, rows, per, ch, y, xt, yt } = self.row_op(x, &[]);
         let gt = self.params.tensor(gamma);
-        self.forward.extend(channel_scale_forward(self.ctx, &xt, &gt, &yt, rows, c)?);
+        let d = self.per_chunk(ch, |g, r| channel_scale_forward(g.ctx, &g.view(&xt, set, c, r), &gt, &g.view(&yt, set, c, r), per * r.len(), c))?;
+        self.forward.extend(d);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
-            let dgamma = g.params.grad(gamma);
             let (dx, acc) = g.grad_in(x).unwrap_or_else(|| (g.ctx.zeros(rows * c), false));
-            g.backward.extend(channel_scale_backward(g.ctx, &xt, &gt, &dy, &dx, &dgamma, rows, c, acc)?);
+            let d = g.per_chunk_summed(ch, &[g.params.grad(gamma)], |g, r, t| {
+                let (xv, dyv, dxv) = (g.view(&xt, set, c, r), g.view(&dy, set, c, r), g.view(&dx, set, c, r));
+                channel_scale_backward(g.ctx, &xv, &gt, &dyv, &dxv, &t[0], per * r.len(), c, acc)
+            })?;
+            g.backward.extend(d);
             Ok(())
         });
         Ok(y)
@@ -235,16 +310,28 @@ impl Graph<'_> {
     /// Max-pooling from `x`'s set to `out_set`.
     pub fn maxpool(&mut self, x: Var, out_set: SetId, win: Window) -> Result<Var> {
         let c = self.channels(x);
-        let (map, inv) = self.maps(self.set_of(x), out_set, win, false);
+        let (from, taps) = (self.set_of(x), win.taps());
+        let ch = self.chunks_for(&[(from, c), (out_set, c), (out_set, taps), (from, taps)]);
+        let (map, inv) = self.maps(from, out_set, win, false, ch);
         let y = self.push_var(out_set, c, true);
-        let (rows_in, rows_out, taps) = (self.rows(x), self.rows(y), win.taps());
+        let (per_in, per_out) = (self.rows_per_image(from), self.rows_per_image(out_set));
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
-        let argmax = self.ctx.zeros(rows_out * c);
-        self.forward.extend(maxpool_forward(self.ctx, &xt, &map, &yt, &argmax, rows_out, c, taps)?);
+        let argmax = self.ctx.zeros(self.rows(y) * c);
+        let d = self.per_chunk(ch, |g, r| {
+            let (xv, mv) = (g.view(&xt, from, c, r), g.view(&map, out_set, taps, r));
+            let (yv, av) = (g.view(&yt, out_set, c, r), g.view(&argmax, out_set, c, r));
+            maxpool_forward(g.ctx, &xv, &mv, &yv, &av, per_out * r.len(), c, taps)
+        })?;
+        self.forward.extend(d);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             if let Some((dx, acc)) = g.grad_in(x) {
-                g.backward.extend(maxpool_backward(g.ctx, &dy, &inv, &argmax, &dx, rows_in, c, taps, acc)?);
+                let d = g.per_chunk(ch, |g, r| {
+                    let (dyv, iv) = (g.view(&dy, out_set, c, r), g.view(&inv, from, taps, r));
+                    let (av, dxv) = (g.view(&argmax, out_set, c, r), g.view(&dx, from, c, r));
+                    maxpool_backward(g.ctx, &dyv, &iv, &av, &dxv, per_in * r.len(), c, taps, acc)
+                })?;
+                g.backward.extend(d);
             }
             Ok(())
         });
@@ -258,18 +345,28 @@ impl Graph<'_> {
         let sparse = self.set_of(x);
         let (h, w) = (self.stage(sparse).h, self.stage(sparse).w);
         let dense = self.set(h, w, false);
+        let ch = self.chunks_for(&[(sparse, c), (dense, c), (sparse, 1), (dense, 1)]);
         let y = self.push_var(dense, c, true);
-        let sites = self.rows(y);
         let rows = self.rows(x);
-        let (row_of, site_of_row) = (self.stage(sparse).row_of.clone(), self.stage(sparse).site_of_row.clone());
+        let (per_row, per_site) = (self.rows_per_image(sparse), self.rows_per_image(dense));
+        // `row_of` is laid out by dense sites, `site_of_row` by sparse rows.
+        let (row_of, site_of_row) = self.row_indices(sparse, ch);
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
         let tok = self.params.tensor(token);
-        self.forward.extend(scatter_rows(self.ctx, &xt, &row_of, &tok, &yt, sites, c)?);
+        let d = self.per_chunk(ch, |g, r| {
+            let (xv, rv, yv) = (g.view(&xt, sparse, c, r), g.view(&row_of, dense, 1, r), g.view(&yt, dense, c, r));
+            scatter_rows(g.ctx, &xv, &rv, &tok, &yv, per_site * r.len(), c)
+        })?;
+        self.forward.extend(d);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
-            let dtok = g.params.grad(token);
             let (dx, acc) = g.grad_in(x).unwrap_or_else(|| (g.ctx.zeros(rows * c), false));
-            g.backward.extend(scatter_rows_backward(g.ctx, &dy, &row_of, &site_of_row, &dx, &dtok, sites, rows, c, acc)?);
+            let d = g.per_chunk_summed(ch, &[g.params.grad(token)], |g, r, t| {
+                let (dyv, rv, sv) = (g.view(&dy, dense, c, r), g.view(&row_of, dense, 1, r), g.view(&site_of_row, sparse, 1, r));
+                let n = r.len();
+                scatter_rows_backward(g.ctx, &dyv, &rv, &sv, &g.view(&dx, sparse, c, r), &t[0], per_site * n, per_row * n, c, acc)
+            })?;
+            g.backward.extend(d);
             Ok(())
         });
         Ok(y)
@@ -282,18 +379,24 @@ impl Graph<'_> {
         if !self.train || p <= 0.0 {
             return Ok(x);
         }
-        let c = self.channels(x);
-        let rows = self.rows(x);
-        let rows_per_image = rows / self.batch;
-        let y = self.push_var(self.set_of(x), c, true);
-        let scale = self.ctx.upload(&vec![1f32; self.batch]);
-        self.drop_paths.push((scale.clone(), p));
-        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
-        self.forward.extend(drop_path_forward(self.ctx, &xt, &scale, &yt, rows, c, rows_per_image)?);
+        let RowOp { c, set, per, ch, y, xt, yt, .. } = self.row_op(x, &[]);
+        // One scale tensor per chunk: a view of a `[batch]` tensor at a chunk's first
+        // image would not start at a bindable offset.
+        let scales: Vec<_> = ch.ranges().map(|r| self.ctx.upload(&vec![1f32; r.len()])).collect();
+        self.drop_paths.push((scales.clone(), ch, p));
+        let scale_of = move |r: &Range<usize>| scales[r.start / ch.images].clone();
+        let d = self.per_chunk(ch, |g, r| {
+            drop_path_forward(g.ctx, &g.view(&xt, set, c, r), &scale_of(r), &g.view(&yt, set, c, r), per * r.len(), c, per)
+        })?;
+        self.forward.extend(d);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             if let Some((dx, acc)) = g.grad_in(x) {
-                g.backward.extend(drop_path_backward(g.ctx, &dy, &scale, &dx, rows, c, rows_per_image, acc)?);
+                let d = g.per_chunk(ch, |g, r| {
+                    let (dyv, dxv) = (g.view(&dy, set, c, r), g.view(&dx, set, c, r));
+                    drop_path_backward(g.ctx, &dyv, &scale_of(r), &dxv, per * r.len(), c, per, acc)
+                })?;
+                g.backward.extend(d);
             }
             Ok(())
         });

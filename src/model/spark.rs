@@ -12,7 +12,8 @@ use super::{declare_bn, declare_conv};
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 use crate::graph::nodes::{BnIds, ConvIds};
 use crate::graph::{Graph, Kind, ParamId, ParamRegistry, ParamStore, Pass, Var};
-use crate::ops::loss::masked_patch_loss;
+use crate::ops::densify::gather_rows;
+use crate::ops::loss::{LossTensors, masked_patch_loss_chunked};
 use crate::optim::lamb::{Lamb, LambConfig, ParamSegment, no_weight_decay};
 use crate::sparse::{PatchMask, Window};
 
@@ -39,12 +40,9 @@ pub struct SparkModel<'c> {
     pub cfg: SparkConfig,
     pub batch: usize,
     pub graph: Graph<'c>,
-    /// Visible input pixels `[rows, 3]` (written per step).
-    pixels: Var,
-    /// The unmasked image `[B, H, W, 3]` (the loss target, written per step).
+    /// The unmasked image `[B, H, W, 3]` (written per step: the loss target, and the
+    /// source of the visible input pixels gathered on the GPU).
     image: GpuTensor,
-    /// u32 `[B·f·f]`, 1 = visible (written per step).
-    visible: GpuTensor,
     pub loss: GpuTensor,
     pub per_patch_loss: GpuTensor,
     /// Encoder feature maps (strides 4, 8, 16, 32), sparse rows.
@@ -52,7 +50,8 @@ pub struct SparkModel<'c> {
     /// Reconstruction `[B, H, W, 3]`.
     pub rec: Var,
     pub optimizer: Option<Lamb>,
-    /// `graph.forward[..encoder_forward]` is the encoder.
+    /// `graph.forward[..encoder_forward]` is the encoder (after the GPU build of the
+    /// step's sets and maps).
     pub encoder_forward: usize,
     /// `graph.backward[encoder_backward..]` is the encoder's backward.
     pub encoder_backward: usize,
@@ -71,6 +70,9 @@ pub struct BuildOptions {
     pub drop_path_rate: f64,
     /// Seed of the drop-path draws.
     pub seed: u64,
+    /// Run every op in chunks of at most this many images (`graph::chunks`), even where
+    /// the batch fits the adapter: to test and measure the chunked path.
+    pub chunk_images: Option<usize>,
     /// Data-parallel training (issue 10): BatchNorm statistics over this many ranks
     /// (0 or 1: this process's batch only).
     pub sync_bn_world: usize,
@@ -180,9 +182,23 @@ impl<'c> SparkModel<'c> {
             anyhow::ensure!(first + batch <= global, "shard {first}..{} outside the global batch of {global}", first + batch);
             (g.image_offset, g.global_batch) = (first, global);
         }
+        g.chunk_images = options.chunk_images;
         let size = cfg.input_size;
         let input_set = g.set(size, size, true);
         let pixels = g.input(input_set, 3);
+        // The visible pixels are gathered on the GPU from the uploaded image (in the
+        // prologue, after the input set's rows exist), per chunk of images when large.
+        let image = ctx.zeros(batch * size * size * 3);
+        let image_set = g.set(size, size, false);
+        let ch = g.chunks_for(&[(input_set, 3), (image_set, 3), (input_set, 1)]);
+        let (_, site_of_row) = g.row_indices(input_set, ch);
+        let pixels_t = g.tensor(pixels).clone();
+        let per = g.rows_per_image(input_set);
+        let d = g.per_chunk(ch, |g, r| {
+            let (iv, sv, pv) = (g.view(&image, image_set, 3, r), g.view(&site_of_row, input_set, 1, r), g.view(&pixels_t, input_set, 3, r));
+            gather_rows(ctx, &iv, &sv, &pv, per * r.len(), 3)
+        })?;
+        g.push_prologue(d);
         let features = match &encoder {
             Encoder::Resnet(r) => r.forward(&mut g, pixels, size)?,
             Encoder::Convnext(c) => c.forward(&mut g, pixels, size)?,
@@ -209,14 +225,19 @@ impl<'c> SparkModel<'c> {
             to_dec.push(x);
         }
         let rec = decoder.forward(&mut g, &to_dec)?;
-        let image = ctx.zeros(batch * size * size * 3);
-        let visible = ctx.zeros(batch * f * f);
+        let visible = g.mask.clone();
         let loss = ctx.zeros(1);
         let per_patch_loss = ctx.zeros(batch * f * f);
         let d_rec = ctx.zeros(batch * size * size * 3);
         let rec_t = g.tensor(rec).clone();
-        let d = masked_patch_loss(ctx, &image, &rec_t, &visible, &loss, &per_patch_loss, &d_rec, batch, size, size, PATCH)?;
-        g.forward.extend(d);
+        let rec_set = g.set_of(rec);
+        let ch = g.chunks_for(&[(rec_set, 3)]);
+        let views: Vec<_> = ch
+            .ranges()
+            .map(|r| (g.view(&image, rec_set, 3, &r), g.view(&rec_t, rec_set, 3, &r), g.view(&d_rec, rec_set, 3, &r)))
+            .collect();
+        let t = LossTensors { visible: &visible, loss: &loss, per_patch: &per_patch_loss };
+        g.forward.extend(masked_patch_loss_chunked(ctx, &views, &t, batch, size, size, PATCH)?);
         let mut encoder_backward = 0;
         let optimizer = match optimizer {
             Some(lamb_cfg) => {
@@ -240,6 +261,8 @@ impl<'c> SparkModel<'c> {
             }
             None => None,
         };
+        // The GPU build of the step's sets and maps runs first (it counts as encoder work).
+        let encoder_forward = encoder_forward + g.finish_prologue();
         // Validation errors of the recorded bind groups (a real build only: a dry run's
         // placeholders raise some by design).
         if !ctx.is_dry_run() {
@@ -249,9 +272,7 @@ impl<'c> SparkModel<'c> {
             cfg,
             batch,
             graph: g,
-            pixels,
             image,
-            visible,
             loss,
             per_patch_loss,
             features,
@@ -279,8 +300,8 @@ impl<'c> SparkModel<'c> {
             ctx.dry_run(|| Self::build_full(ctx, cfg.clone(), b, optimizer, visible_per_image, options))
         };
         let report = size(batch)?;
-        let Some(why) = report.misfit(&ctx.limits) else { return Ok(()) };
-        let fits = GpuContext::largest_fitting(batch - 1, |b| Ok(size(b)?.misfit(&ctx.limits).is_none()))?;
+        let Some(why) = report.misfit(ctx) else { return Ok(()) };
+        let fits = GpuContext::largest_fitting(batch - 1, |b| Ok(size(b)?.misfit(ctx).is_none()))?;
         let advice = match fits {
             Some(b) => format!("the largest batch that fits this adapter is {b}: use --batch {b} (or a smaller --input-size or --dec-width)"),
             None => "not even batch 1 fits: use a smaller --input-size or --dec-width".to_string(),
@@ -309,13 +330,8 @@ impl<'c> SparkModel<'c> {
             self.batch
         );
         self.graph.set_mask(mask).context("setting the patch mask")?;
-        let input_set = self.graph.set_of(self.pixels);
-        let rows = self.graph.stage(input_set).active.gather(images_bhwc, 3);
         let ctx = self.graph.ctx;
-        ctx.write(self.graph.tensor(self.pixels), &rows);
         ctx.write(&self.image, images_bhwc);
-        let vis: Vec<u32> = mask.visible.iter().map(|&v| (v != 0) as u32).collect();
-        ctx.write(&self.visible, &vis);
         Ok(())
     }
 
@@ -497,7 +513,7 @@ impl<'c> SparkModel<'c> {
         let set = self.graph.stage(self.graph.set_of(v));
         let c = self.graph.channels(v);
         let rows = self.graph.ctx.read_f32(self.graph.tensor(v))?;
-        let dense = set.active.scatter(&rows, c, &vec![0.0; c]);
+        let dense = self.graph.active_set(self.graph.set_of(v)).scatter(&rows, c, &vec![0.0; c]);
         Ok((vec![self.batch, c, set.h, set.w], bhwc_to_nchw(&dense, self.batch, set.h, set.w, c)))
     }
 

@@ -14,6 +14,7 @@
 use anyhow::{Result, bail, ensure};
 
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
+use crate::ops::check;
 use crate::ops::reduce::split_count;
 
 /// The tensors of one training-mode BatchNorm: parameters, running statistics (updated in
@@ -40,6 +41,8 @@ struct StatsParams {
     inv_nm1: f32,
     eps: f32,
     momentum: f32,
+    split_base: u32,
+    all_splits: u32,
 }
 
 #[repr(C)]
@@ -60,12 +63,10 @@ struct BackwardParams {
     chunk: u32,
     inv_n: f32,
     accumulate: u32,
+    split_base: u32,
+    all_splits: u32,
 }
 
-fn check(op: &str, what: &str, t: &GpuTensor, n: usize) -> Result<()> {
-    ensure!(t.len >= n, "{op}: {what} holds {} elements, {n} needed", t.len);
-    Ok(())
-}
 
 /// (splits, rows per split) of a split-K reduction over `rows` for `c` columns.
 fn split_plan(rows: usize, c: usize) -> (usize, usize) {
@@ -89,13 +90,39 @@ pub fn batchnorm_train_forward(
     eps: f32,
     momentum: f32,
 ) -> Result<Vec<Dispatch>> {
-    Ok(batchnorm_train_forward_synced(ctx, x, y, t, rows, c, 1, eps, momentum)?.0)
+    check("batchnorm_train_forward", "x", x, rows * c)?;
+    check("batchnorm_train_forward", "y", y, rows * c)?;
+    batchnorm_train_forward_chunked(ctx, &[(x.slice(0, rows * c), y.slice(0, rows * c))], t, c, eps, momentum)
+}
+
+/// Rows of each chunk `[rows_k, c]` (a chunk's tensors must agree).
+fn chunk_rows(op: &str, chunks: &[&GpuTensor], c: usize) -> Result<usize> {
+    ensure!(c >= 1, "{op}: no channels");
+    let rows = chunks[0].len / c;
+    for t in chunks {
+        ensure!(t.len == rows * c, "{op}: a chunk tensor holds {} elements, expected [{rows}, {c}]", t.len);
+    }
+    Ok(rows)
+}
+
+/// [`batchnorm_train_forward`] over a batch given as chunks of rows `(x, y)` (views of
+/// whole images, see `graph::chunks`): the statistics are those of all the chunks' rows,
+/// summed over the chunks in order.
+pub fn batchnorm_train_forward_chunked(
+    ctx: &GpuContext,
+    chunks: &[(GpuTensor, GpuTensor)],
+    t: &BnTensors,
+    c: usize,
+    eps: f32,
+    momentum: f32,
+) -> Result<Vec<Dispatch>> {
+    Ok(batchnorm_train_forward_synced(ctx, chunks, t, c, 1, eps, momentum)?.0)
 }
 
 /// A point where a synchronised BatchNorm needs the host: after the first `after`
 /// dispatches of the op, `sums` (per-split, per-channel partial sums, the same layout
-/// on every rank because every rank has the same row count) must hold the element-wise
-/// sum over all ranks, times `scale`, before the remaining dispatches run.
+/// on every rank because every rank has the same rows and chunks) must hold the
+/// element-wise sum over all ranks, times `scale`, before the remaining dispatches run.
 #[derive(Clone, Debug)]
 pub struct HostSum {
     pub after: usize,
@@ -103,63 +130,71 @@ pub struct HostSum {
     pub scale: f32,
 }
 
-/// [`batchnorm_train_forward`] over the rows of `world` ranks together (synchronised
-/// BatchNorm, issue 10): each rank holds `rows` of the `rows·world` rows. The partial sums
-/// of both statistics passes are summed across ranks by the host between dispatches (the
-/// returned [`HostSum`]s), and the kernels divide by the global row count, so the
-/// statistics are those of one process holding every row, up to the order of the
-/// fp32 additions. `world = 1`: no host points, the plain op.
-#[allow(clippy::too_many_arguments)]
+/// [`batchnorm_train_forward_chunked`] over the rows of `world` ranks together
+/// (synchronised BatchNorm, issue 10): each rank holds its chunks' rows of `world` times
+/// as many. The partial sums of both statistics passes are summed across ranks by the
+/// host between dispatches (the returned [`HostSum`]s), and the kernels divide by the
+/// global row count, so the statistics are those of one process holding every row, up
+/// to the order of the fp32 additions. `world = 1`: no host points, the plain op.
 pub fn batchnorm_train_forward_synced(
     ctx: &GpuContext,
-    x: &GpuTensor,
-    y: &GpuTensor,
+    chunks: &[(GpuTensor, GpuTensor)],
     t: &BnTensors,
-    rows: usize,
     c: usize,
     world: usize,
     eps: f32,
     momentum: f32,
 ) -> Result<(Vec<Dispatch>, Vec<HostSum>)> {
     let op = "batchnorm_train_forward";
+    ensure!(!chunks.is_empty(), "{op}: no rows");
     ensure!(world >= 1, "{op}: world size 0");
-    let global_rows = rows * world;
-    if rows == 0 || global_rows < 2 {
-        bail!("{op}: training-mode BatchNorm needs more than 1 value per channel (got {global_rows} rows of {c} channels); PyTorch raises here too");
+    let chunk_rows: Vec<usize> = chunks.iter().map(|(x, y)| chunk_rows(op, &[x, y], c)).collect::<Result<_>>()?;
+    let local_rows: usize = chunk_rows.iter().sum();
+    let rows = local_rows * world;
+    if local_rows == 0 || rows < 2 {
+        bail!("{op}: training-mode BatchNorm needs more than 1 value per channel (got {rows} rows of {c} channels); PyTorch raises here too");
     }
-    check(op, "x", x, rows * c)?;
-    check(op, "y", y, rows * c)?;
     for (w, v) in [("gamma", t.gamma), ("beta", t.beta), ("running_mean", t.running_mean), ("running_var", t.running_var), ("save_mean", t.save_mean), ("save_invstd", t.save_invstd)] {
         check(op, w, v, c)?;
     }
-    let (splits, chunk) = split_plan(rows, c);
-    let (psum, psq) = (ctx.zeros(splits * c), ctx.zeros(splits * c));
-    let p = StatsParams {
-        rows: rows as u32,
-        c: c as u32,
-        splits: splits as u32,
-        chunk: chunk as u32,
-        inv_n: (1.0 / global_rows as f64) as f32,
-        inv_nm1: (1.0 / (global_rows - 1) as f64) as f32,
-        eps,
-        momentum,
+    let plans: Vec<(usize, usize)> = chunk_rows.iter().map(|&r| split_plan(r, c)).collect();
+    let all_splits: usize = plans.iter().map(|p| p.0).sum();
+    let (psum, psq) = (ctx.zeros(all_splits * c), ctx.zeros(all_splits * c));
+    let params = |k: usize| {
+        let (splits, chunk) = plans[k];
+        StatsParams {
+            rows: chunk_rows[k] as u32,
+            c: c as u32,
+            splits: splits as u32,
+            chunk: chunk as u32,
+            inv_n: (1.0 / rows as f64) as f32,
+            inv_nm1: (1.0 / (rows - 1) as f64) as f32,
+            eps,
+            momentum,
+            split_base: plans[..k].iter().map(|p| p.0).sum::<usize>() as u32,
+            all_splits: all_splits as u32,
+        }
     };
-    let syncs = if world > 1 {
-        vec![HostSum { after: 1, sums: psum.clone(), scale: 1.0 }, HostSum { after: 2, sums: psq.clone(), scale: 1.0 }]
-    } else {
-        vec![]
-    };
-    let bind = [x, &psum, &psq, t.save_mean, t.save_invstd, t.running_mean, t.running_var];
+    let bind = |x: &GpuTensor| [x, &psum, &psq, t.save_mean, t.save_invstd, t.running_mean, t.running_var].map(|v| v.clone());
     let mut out = vec![];
-    for entry in ["sums", "centred"] {
+    let mut syncs = vec![];
+    // Every chunk's sums before any centred pass: the mean is over all of them.
+    for (entry, sums) in [("sums", &psum), ("centred", &psq)] {
         let k = ctx.kernel_entry("batchnorm_stats", entry)?;
-        out.push(ctx.dispatch(&k, &p, &bind, (splits * c) as u64));
+        for (i, (x, _)) in chunks.iter().enumerate() {
+            out.push(ctx.dispatch(&k, &params(i), &bind(x).each_ref(), (plans[i].0 * c) as u64));
+        }
+        if world > 1 {
+            syncs.push(HostSum { after: out.len(), sums: sums.clone(), scale: 1.0 });
+        }
     }
     let k = ctx.kernel_entry("batchnorm_stats", "finalize")?;
-    out.push(ctx.dispatch(&k, &p, &bind, c as u64));
+    out.push(ctx.dispatch(&k, &params(0), &bind(&chunks[0].0).each_ref(), c as u64));
     let k = ctx.kernel("batchnorm_apply")?;
-    let a = ApplyParams { n: (rows * c) as u32, c: c as u32, from_var: 0, eps };
-    out.push(ctx.dispatch(&k, &a, &[x, t.gamma, t.beta, t.save_mean, t.save_invstd, y], (rows * c) as u64));
+    for (i, (x, y)) in chunks.iter().enumerate() {
+        let a = ApplyParams { n: (chunk_rows[i] * c) as u32, c: c as u32, from_var: 0, eps };
+        out.push(ctx.dispatch(&k, &a, &[x, t.gamma, t.beta, t.save_mean, t.save_invstd, y], (chunk_rows[i] * c) as u64));
+    }
     Ok((out, syncs))
 }
 
@@ -205,61 +240,98 @@ pub fn batchnorm_backward(
     c: usize,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
-    Ok(batchnorm_backward_synced(ctx, x, dy, gamma, save_mean, save_invstd, dx, dgamma, dbeta, rows, c, 1, accumulate)?.0)
+    let op = "batchnorm_backward";
+    ensure!(rows >= 1, "{op}: no rows");
+    for (w, v) in [("x", x), ("dy", dy), ("dx", dx)] {
+        check(op, w, v, rows * c)?;
+    }
+    let n = rows * c;
+    let chunk = [(x.slice(0, n), dy.slice(0, n), dx.slice(0, n))];
+    let saved = BnSavedTensors { gamma, save_mean, save_invstd };
+    batchnorm_backward_chunked(ctx, &chunk, &saved, dgamma, dbeta, c, accumulate)
 }
 
-/// [`batchnorm_backward`] of a synchronised BatchNorm over `world` ranks of `rows` rows
-/// each. Each rank's loss is the mean over its own share, so its `dy` is `world` times
-/// that of the global loss: the host sums the per-channel partials `Σdy`, `Σdy·(x−mean)`
-/// over the ranks and scales them by `1/world` (exact for a power of two), which makes
+/// What [`batchnorm_backward`] reads besides the rows: `γ` and the saved statistics.
+pub struct BnSavedTensors<'a> {
+    pub gamma: &'a GpuTensor,
+    pub save_mean: &'a GpuTensor,
+    pub save_invstd: &'a GpuTensor,
+}
+
+/// [`batchnorm_backward`] over a batch given as chunks of rows `(x, dy, dx)` (views of
+/// whole images, see `graph::chunks`); the column sums run over all chunks in order.
+pub fn batchnorm_backward_chunked(
+    ctx: &GpuContext,
+    chunks: &[(GpuTensor, GpuTensor, GpuTensor)],
+    saved: &BnSavedTensors,
+    dgamma: &GpuTensor,
+    dbeta: &GpuTensor,
+    c: usize,
+    accumulate: bool,
+) -> Result<Vec<Dispatch>> {
+    Ok(batchnorm_backward_synced(ctx, chunks, saved, dgamma, dbeta, c, 1, accumulate)?.0)
+}
+
+/// [`batchnorm_backward_chunked`] of a synchronised BatchNorm over `world` ranks. Each
+/// rank's loss is the mean over its own share, so its `dy` is `world` times that of the
+/// global loss: the host sums the per-channel partials `Σdy`, `Σdy·(x−mean)` over the
+/// ranks and scales them by `1/world` (exact for a power of two), which makes
 /// `dgamma`/`dbeta` the global gradient on every rank (the gradient all-reduce then
 /// averages identical values) and `dx` `world` times the global one, like every other
 /// gradient of the rank.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward_synced(
     ctx: &GpuContext,
-    x: &GpuTensor,
-    dy: &GpuTensor,
-    gamma: &GpuTensor,
-    save_mean: &GpuTensor,
-    save_invstd: &GpuTensor,
-    dx: &GpuTensor,
+    chunks: &[(GpuTensor, GpuTensor, GpuTensor)],
+    saved: &BnSavedTensors,
     dgamma: &GpuTensor,
     dbeta: &GpuTensor,
-    rows: usize,
     c: usize,
     world: usize,
     accumulate: bool,
 ) -> Result<(Vec<Dispatch>, Vec<HostSum>)> {
     let op = "batchnorm_backward";
     ensure!(world >= 1, "{op}: world size 0");
+    ensure!(!chunks.is_empty(), "{op}: no rows");
+    let chunk_rows: Vec<usize> = chunks.iter().map(|(x, dy, dx)| chunk_rows(op, &[x, dy, dx], c)).collect::<Result<_>>()?;
+    let rows: usize = chunk_rows.iter().sum();
     ensure!(rows >= 1, "{op}: no rows");
-    for (w, v) in [("x", x), ("dy", dy), ("dx", dx)] {
-        check(op, w, v, rows * c)?;
-    }
+    let BnSavedTensors { gamma, save_mean, save_invstd } = *saved;
     for (w, v) in [("gamma", gamma), ("save_mean", save_mean), ("save_invstd", save_invstd), ("dgamma", dgamma), ("dbeta", dbeta)] {
         check(op, w, v, c)?;
     }
-    let (splits, chunk) = split_plan(rows, c);
-    let parts = ctx.zeros(2 * splits * c);
-    let p = BackwardParams {
-        rows: rows as u32,
+    let plans: Vec<(usize, usize)> = chunk_rows.iter().map(|&r| split_plan(r, c)).collect();
+    let all_splits: usize = plans.iter().map(|p| p.0).sum();
+    let parts = ctx.zeros(2 * all_splits * c);
+    let params = |k: usize| BackwardParams {
+        rows: chunk_rows[k] as u32,
         c: c as u32,
-        splits: splits as u32,
-        chunk: chunk as u32,
+        splits: plans[k].0 as u32,
+        chunk: plans[k].1 as u32,
         inv_n: (1.0 / rows as f64) as f32,
         accumulate: accumulate as u32,
+        split_base: plans[..k].iter().map(|p| p.0).sum::<usize>() as u32,
+        all_splits: all_splits as u32,
     };
-    let syncs =
-        if world > 1 { vec![HostSum { after: 1, sums: parts.clone(), scale: (1.0 / world as f64) as f32 }] } else { vec![] };
-    let bind = [x, dy, gamma, save_mean, save_invstd, &parts, dgamma, dbeta, dx];
+    let bind = |(x, dy, dx): &(GpuTensor, GpuTensor, GpuTensor)| {
+        [x, dy, gamma, save_mean, save_invstd, &parts, dgamma, dbeta, dx].map(|t| t.clone())
+    };
     let k = |e: &str| ctx.kernel_entry("batchnorm_backward", e);
-    let d = vec![
-        ctx.dispatch(&k("partials")?, &p, &bind, (splits * c) as u64),
-        ctx.dispatch(&k("finalize")?, &p, &bind, c as u64),
-        ctx.dispatch(&k("input_grad")?, &p, &bind, (rows * c) as u64),
-    ];
-    Ok((d, syncs))
+    let mut out = vec![];
+    let partials = k("partials")?;
+    for (i, ch) in chunks.iter().enumerate() {
+        out.push(ctx.dispatch(&partials, &params(i), &bind(ch).each_ref(), (plans[i].0 * c) as u64));
+    }
+    let syncs = match world {
+        1 => vec![],
+        _ => vec![HostSum { after: out.len(), sums: parts.clone(), scale: (1.0 / world as f64) as f32 }],
+    };
+    out.push(ctx.dispatch(&k("finalize")?, &params(0), &bind(&chunks[0]).each_ref(), c as u64));
+    let input_grad = k("input_grad")?;
+    for (i, ch) in chunks.iter().enumerate() {
+        out.push(ctx.dispatch(&input_grad, &params(i), &bind(ch).each_ref(), (chunk_rows[i] * c) as u64));
+    }
+    Ok((out, syncs))
 }
 
 /// Batch statistics of a training-mode forward (f64 reference).
@@ -453,6 +525,39 @@ mod tests {
         // a harsher offset still holds at 1e-4 (PyTorch parity tolerance)
         let k = Case::new(78, 2 * 251, 17, 100.0, 1.0);
         compare(&run_gpu(&ctx, &k, None), &run_cpu(&k), 1e-4, "offset 100");
+    }
+
+    /// The chunked launchers (graph::chunks) over uneven chunks of rows, each its own
+    /// buffer, equal the CPU reference over all rows: statistics and sums span the chunks.
+    #[test]
+    fn chunked_forward_backward_match_cpu() {
+        let ctx = GpuContext::new_default().unwrap();
+        let (c, bounds) = (7, [0, 61, 122, 150]);
+        let k = Case::new(31, bounds[3], c, 0.5, 2.0);
+        let init = random_vec(32, k.rows * c);
+        let want = {
+            let mut w = run_cpu(&k);
+            w.dx.iter_mut().zip(&init).for_each(|(a, b)| *a += b);
+            w
+        };
+        let part = |v: &[f32], i: usize| v[bounds[i] * c..bounds[i + 1] * c].to_vec();
+        let xs: Vec<_> = (0..3).map(|i| ctx.upload(&part(&k.x, i))).collect();
+        let ys: Vec<_> = (0..3).map(|i| ctx.zeros(xs[i].len)).collect();
+        let dys: Vec<_> = (0..3).map(|i| ctx.upload(&part(&k.dy, i))).collect();
+        let dxs: Vec<_> = (0..3).map(|i| ctx.upload(&part(&init, i))).collect();
+        let (gamma, beta, rm, rv) = (ctx.upload(&k.gamma), ctx.upload(&k.beta), ctx.upload(&k.rm), ctx.upload(&k.rv));
+        let (mean, invstd, dgamma, dbeta) = (ctx.zeros(c), ctx.zeros(c), ctx.zeros(c), ctx.zeros(c));
+        let t = BnTensors { gamma: &gamma, beta: &beta, running_mean: &rm, running_var: &rv, save_mean: &mean, save_invstd: &invstd };
+        let fwd: Vec<_> = (0..3).map(|i| (xs[i].clone(), ys[i].clone())).collect();
+        let mut d = batchnorm_train_forward_chunked(&ctx, &fwd, &t, c, 1e-5, 0.1).unwrap();
+        let bwd: Vec<_> = (0..3).map(|i| (xs[i].clone(), dys[i].clone(), dxs[i].clone())).collect();
+        let saved = BnSavedTensors { gamma: &gamma, save_mean: &mean, save_invstd: &invstd };
+        d.extend(batchnorm_backward_chunked(&ctx, &bwd, &saved, &dgamma, &dbeta, c, true).unwrap());
+        ctx.run(&d).unwrap();
+        let r = |t: &GpuTensor| ctx.read_f32(t).unwrap();
+        let cat = |v: &[GpuTensor]| v.iter().flat_map(|t| r(t)).collect::<Vec<f32>>();
+        let got = Outs { y: cat(&ys), mean: r(&mean), invstd: r(&invstd), rm: r(&rm), rv: r(&rv), dx: cat(&dxs), dgamma: r(&dgamma), dbeta: r(&dbeta) };
+        compare(&got, &want, 2e-5, "chunked");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Gather convolution (`conv.wgsl`, `conv_relayout.wgsl`, `conv_wgrad.wgsl`,
+//! Gather convolution (the generated `conv` kernel, `conv_relayout.wgsl`, `conv_wgrad.wgsl`,
 //! `conv_bias_grad.wgsl`): one implicit-GEMM family for every convolution of SparK.
 //!
 //! A convolution is `y[r, co] = bias[co] + Σ_t Σ_ci x[map[r, t], ci] · W_t[ci, co]` over a
@@ -8,7 +8,7 @@
 //! identity map) are the same kernel. The data gradient is the same gather over the
 //! inverse map (`sparse::inverse_map`) with the cin/cout roles of the weight swapped, so
 //! it needs no atomics; the weight gradient is a split-K GEMM over output rows followed
-//! by the fixed-order `reduce_partials` (`conv_wgrad_thin.wgsl`, see `thin`, for layers
+//! by the fixed-order `reduce_partials` (`conv_wgrad_thin`, generated from `tiles`, see `thin`, for layers
 //! with few output channels).
 
 use anyhow::{Result, ensure};
@@ -187,7 +187,7 @@ fn gather_gemm(
     let n_pad = n.next_multiple_of(tile.cols);
     let (wt, relayout) = relayout(ctx, w, l, taps, k, n, n_pad)?;
     let ctiles = n_pad / tile.cols;
-    // Threads come in blocks of ROW_INTERLEAVE * ROW_GROUP row tiles (see conv.wgsl).
+    // Threads come in blocks of ROW_INTERLEAVE * ROW_GROUP row tiles (see build/conv_gather.rs).
     let block = ROW_INTERLEAVE * ROW_GROUP;
     let total = rows.div_ceil(block * tile.rows) * block * ctiles;
     let p = GatherParams {
@@ -353,6 +353,7 @@ pub fn conv_weight_grad(
 mod kernels;
 mod reference;
 mod thin;
+pub mod tiles;
 #[cfg(test)]
 mod tests;
 

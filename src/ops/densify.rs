@@ -9,6 +9,7 @@
 use anyhow::{Result, ensure};
 
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
+use crate::ops::check;
 use crate::ops::reduce::{reduce_partials, split_count};
 
 #[repr(C)]
@@ -35,10 +36,6 @@ struct FillGradParams {
     chunk: u32,
 }
 
-fn check(op: &str, what: &str, t: &GpuTensor, n: usize) -> Result<()> {
-    ensure!(t.len >= n, "{op}: {what} holds {} elements, {n} needed", t.len);
-    Ok(())
-}
 
 /// `dense[s, :] = rows[row_of[s], :]` when `row_of[s] >= 0`, else `fill[:]` (the mask
 /// token). `row_of` is `ActiveSet::row_of` uploaded as i32 `[sites]`.

@@ -4,6 +4,7 @@
 use anyhow::{Result, ensure};
 
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
+use crate::ops::check;
 use crate::ops::reduce::{reduce_partials, split_count};
 
 #[repr(C)]
@@ -19,10 +20,6 @@ const ADD: u32 = 0;
 const COPY: u32 = 1;
 const SCALE: u32 = 2;
 
-fn check(op: &str, what: &str, t: &GpuTensor, n: usize) -> Result<()> {
-    ensure!(t.len >= n, "{op}: {what} holds {} elements, {n} needed", t.len);
-    Ok(())
-}
 
 #[allow(clippy::too_many_arguments)]
 fn launch(ctx: &GpuContext, mode: u32, a: &GpuTensor, b: &GpuTensor, out: &GpuTensor, n: usize, c: usize, accumulate: bool) -> Result<Dispatch> {

@@ -8,6 +8,7 @@
 use anyhow::{Result, ensure};
 
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
+use crate::ops::check;
 use crate::ops::reduce::split_count;
 
 #[repr(C)]
@@ -30,10 +31,6 @@ struct BackwardParams {
     accumulate: u32,
 }
 
-fn check(op: &str, what: &str, t: &GpuTensor, n: usize) -> Result<()> {
-    ensure!(t.len >= n, "{op}: {what} holds {} elements, {n} needed", t.len);
-    Ok(())
-}
 
 /// `y = (x − mean_row)·invstd_row·γ + β`; per-row mean and invstd saved for the backward.
 #[allow(clippy::too_many_arguments)]

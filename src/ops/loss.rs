@@ -21,7 +21,7 @@ struct Params {
     fh: u32,
     fw: u32,
     n_patches: u32,
-    pad: u32,
+    patch_base: u32,
 }
 
 /// Record the loss and its gradient. `image`, `rec`: `[B, H, W, 3]`; `visible`: u32
@@ -42,34 +42,69 @@ pub fn masked_patch_loss(
     w: usize,
     patch: usize,
 ) -> Result<Vec<Dispatch>> {
+    let t = LossTensors { visible, loss, per_patch };
+    masked_patch_loss_chunked(ctx, &[(image.clone(), rec.clone(), d_rec.clone())], &t, batch, h, w, patch)
+}
+
+/// What [`masked_patch_loss`] reads and writes besides the images.
+pub struct LossTensors<'a> {
+    pub visible: &'a GpuTensor,
+    pub loss: &'a GpuTensor,
+    pub per_patch: &'a GpuTensor,
+}
+
+/// [`masked_patch_loss`] over a batch given as chunks of whole images `(image, rec,
+/// d_rec)` in order (views, see `graph::chunks`); `batch` counts all of them.
+pub fn masked_patch_loss_chunked(
+    ctx: &GpuContext,
+    chunks: &[(GpuTensor, GpuTensor, GpuTensor)],
+    t: &LossTensors,
+    batch: usize,
+    h: usize,
+    w: usize,
+    patch: usize,
+) -> Result<Vec<Dispatch>> {
     ensure!(patch >= 1 && h.is_multiple_of(patch) && w.is_multiple_of(patch), "image {h}x{w} is not a whole number of {patch}x{patch} patches");
-    let n = batch * h * w * 3;
-    ensure!(image.len == n && rec.len == n && d_rec.len == n, "image, rec and d_rec must be [B, H, W, 3] = {n} values");
+    let per_image = h * w * 3;
+    let mut images = 0;
+    for (image, rec, d_rec) in chunks {
+        let n = image.len;
+        ensure!(n.is_multiple_of(per_image) && rec.len == n && d_rec.len == n, "image, rec and d_rec must be [B, H, W, 3] with H = {h}, W = {w}");
+        images += n / per_image;
+    }
+    ensure!(images == batch, "the chunks hold {images} images, the batch is {batch}");
     let (fh, fw) = (h / patch, w / patch);
     let np = batch * fh * fw;
-    ensure!(visible.len == np && per_patch.len == np, "visible and per_patch must have B * fh * fw = {np} entries");
-    ensure!(loss.len >= 1, "loss needs one element");
-    let p = Params {
-        batch: batch as u32,
+    ensure!(t.visible.len == np && t.per_patch.len == np, "visible and per_patch must have B * fh * fw = {np} entries");
+    ensure!(t.loss.len >= 1, "loss needs one element");
+    let params = |images: usize, first: usize| Params {
+        batch: images as u32,
         h: h as u32,
         w: w as u32,
         psz: patch as u32,
         fh: fh as u32,
         fw: fw as u32,
-        n_patches: np as u32,
-        pad: 0,
+        n_patches: (images * fh * fw) as u32,
+        patch_base: (first * fh * fw) as u32,
     };
     // The masked-patch count is needed by every patch's gradient: one small pass first.
     let scratch = ctx.zeros(1);
-    let t = [image, rec, visible, loss, per_patch, d_rec, &scratch];
+    let bind = |(image, rec, d_rec): &(GpuTensor, GpuTensor, GpuTensor)| {
+        [image, rec, t.visible, t.loss, t.per_patch, d_rec, &scratch].map(|v| v.clone())
+    };
     let count = ctx.kernel_entry("loss", "count_masked")?;
     let per = ctx.kernel_entry("loss", "patch_loss")?;
     let total = ctx.kernel_entry("loss", "total")?;
-    Ok(vec![
-        ctx.dispatch_groups(&count, &p, &t, [1, 1, 1]),
-        ctx.dispatch_groups(&per, &p, &t, ctx.grid_for(np as u64)),
-        ctx.dispatch_groups(&total, &p, &t, [1, 1, 1]),
-    ])
+    let all = params(batch, 0);
+    let mut out = vec![ctx.dispatch_groups(&count, &all, &bind(&chunks[0]).each_ref(), [1, 1, 1])];
+    let mut first = 0;
+    for c in chunks {
+        let images = c.0.len / per_image;
+        out.push(ctx.dispatch_groups(&per, &params(images, first), &bind(c).each_ref(), ctx.grid_for((images * fh * fw) as u64)));
+        first += images;
+    }
+    out.push(ctx.dispatch_groups(&total, &all, &bind(&chunks[0]).each_ref(), [1, 1, 1]));
+    Ok(out)
 }
 
 /// f64 reference: (loss, per-patch losses, d loss / d rec).
@@ -197,6 +232,35 @@ mod tests {
     fn gpu_matches_cpu_patch_32() {
         let ctx = GpuContext::new_default().unwrap();
         check_gpu(&ctx, 2, 64, 32, 32, 0.5, 30);
+    }
+
+    /// The chunked launcher (graph::chunks) over uneven chunks of whole images, each its
+    /// own buffer, equals the CPU reference of the whole batch.
+    #[test]
+    fn chunked_over_images_matches_cpu() {
+        let ctx = GpuContext::new_default().unwrap();
+        let (batch, h, w, patch) = (5, 10, 5, 5);
+        let (n, per) = (batch * h * w * 3, h * w * 3);
+        let (img, rec) = (image(40, n), random_vec(41, n));
+        let vis = visible_u32(42, batch, 2, 1, 0.5);
+        let (want_l, want_per, want_d) = masked_patch_loss_per_patch_ref(&img, &rec, &vis, batch, h, w, patch);
+        let (tv, tl, tp) = (ctx.upload(&vis), ctx.zeros(1), ctx.upload(&vec![7f32; vis.len()]));
+        let chunks: Vec<_> = [0..2, 2..4, 4..5]
+            .into_iter()
+            .map(|r| {
+                let s = r.start * per..r.end * per;
+                (ctx.upload(&img[s.clone()]), ctx.upload(&rec[s.clone()]), ctx.upload(&vec![7f32; s.len()]))
+            })
+            .collect();
+        let t = LossTensors { visible: &tv, loss: &tl, per_patch: &tp };
+        ctx.run(&masked_patch_loss_chunked(&ctx, &chunks, &t, batch, h, w, patch).unwrap()).unwrap();
+        let got_l = ctx.read_f32(&tl).unwrap()[0] as f64;
+        assert!((got_l - want_l).abs() <= 1e-5 * want_l.abs().max(1.0), "loss {got_l} vs {want_l}");
+        assert_close(&ctx.read_f32(&tp).unwrap(), &want_per, 1e-5, "chunked per_patch");
+        let d: Vec<f32> = chunks.iter().flat_map(|c| ctx.read_f32(&c.2).unwrap()).collect();
+        assert_close(&d, &want_d, 1e-5, "chunked d_rec");
+        // Chunks that do not add up to the batch are refused.
+        assert!(masked_patch_loss_chunked(&ctx, &chunks[..2], &t, batch, h, w, patch).is_err());
     }
 
     #[test]

@@ -115,6 +115,22 @@ pub fn inverse_map(map: &NeighbourMap, rows_in: usize) -> NeighbourMap {
     NeighbourMap { rows_out: rows_in, taps: map.taps, map: inv }
 }
 
+/// Rewrite the non-negative entries of an index tensor laid out by images
+/// (`per_image` entries each) so that they count from the first entry of their chunk
+/// (`target_per_image` indexed units per image, `images` images per chunk). Negative
+/// entries are codes (padding, masked) and stay.
+pub fn relativize(v: &mut [i32], per_image: usize, target_per_image: usize, images: usize) {
+    if per_image == 0 {
+        return;
+    }
+    for (p, e) in v.iter_mut().enumerate() {
+        if *e >= 0 {
+            let first_image = p / per_image / images * images;
+            *e -= (first_image * target_per_image) as i32;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::PatchMask;

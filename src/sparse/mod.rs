@@ -7,9 +7,10 @@
 //! downsampled patch mask, never a dilation of its input set (SparK's submanifold rule).
 //! Rows are numbered in canonical `(b, y, x)` order.
 
+pub mod gpu;
 mod maps;
 
-pub use maps::{NeighbourMap, Window, conv_map, inverse_map, transposed_conv_map, INACTIVE, OUT_OF_BOUNDS};
+pub use maps::{NeighbourMap, Window, conv_map, inverse_map, relativize, transposed_conv_map, INACTIVE, OUT_OF_BOUNDS};
 
 /// Which patches are visible: `visible[b * fh * fw + py * fw + px]`, 1 = visible.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -192,11 +192,11 @@ pub fn pretrain_dist(
     let peak = peak_lr(cfg.base_lr, cfg.batch);
 
     let options = crate::model::spark::BuildOptions {
-        dense_encoder: false,
         drop_path_rate: cfg.drop_path,
         seed: cfg.seed,
         sync_bn_world: if cfg.sync_bn { world } else { 1 },
         shard: Some((share.start, cfg.batch)),
+        ..Default::default()
     };
     let visible = cfg.spark.visible_per_image();
     let mut model = SparkModel::build_full(ctx, cfg.spark.clone(), local_batch, Some(cfg.lamb()), visible, options)?;

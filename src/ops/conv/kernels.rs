@@ -1,32 +1,21 @@
 //! Which gather-GEMM and weight-gradient kernel runs on which adapter, and the tile each
-//! thread of it owns (mirrors the WGSL constants of each kernel).
+//! thread of it owns (entries of the tile table in `tiles.rs`).
 
 use crate::gpu::GpuContext;
 
 use super::ConvShape;
+use super::tiles::{self, GatherTile, THIN_K1N1, THIN_K1N2, THIN_K4N1, THIN_K4N2, THIN_K4N4, THIN_KERNEL, ThinTile, WgradSize};
 
-/// A gather-GEMM kernel and the output rows × output channels one thread owns (its
-/// WGSL `TR`, `4 * TV`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct GemmTile {
-    pub kernel: &'static str,
-    pub rows: usize,
-    pub cols: usize,
-}
+/// A gather-GEMM kernel and the output rows × output channels one thread owns: the tile
+/// table's entries (`tiles.rs`, which build.rs generates or checks the WGSL from).
+pub(crate) type GemmTile = GatherTile;
 
-/// GPUs: a tile that stays in registers.
-pub(crate) const GPU_TILE: GemmTile = GemmTile { kernel: "conv", rows: 4, cols: 8 };
-/// CPU drivers: loads cost far more than multiply-adds and spills are cheap, so the tiles
-/// are large (see conv_cpu_vec4.wgsl). K and N multiples of 4: vec4 loads and stores.
-pub(crate) const CPU_VEC4_TILE: GemmTile = GemmTile { kernel: "conv_cpu_vec4", rows: 32, cols: 32 };
-/// CPU drivers, other K and N (3-channel stem input).
-pub(crate) const CPU_TILE: GemmTile = GemmTile { kernel: "conv_cpu", rows: 32, cols: 32 };
-/// CPU drivers, N <= 4 (3-channel outputs): a 32-wide column tile would be mostly padding.
-pub(crate) const CPU_NARROW_TILE: GemmTile = GemmTile { kernel: "conv_cpu_narrow", rows: 64, cols: 4 };
+pub(crate) const GPU_TILE: GemmTile = tiles::GPU_GATHER;
+pub(crate) const CPU_VEC4_TILE: GemmTile = tiles::CPU_GATHER_VEC4;
+pub(crate) const CPU_TILE: GemmTile = tiles::CPU_GATHER;
+pub(crate) const CPU_NARROW_TILE: GemmTile = tiles::CPU_GATHER_NARROW;
 
-/// Row interleave `RI` and phase group `G` of every gather-GEMM kernel (see conv.wgsl).
-pub(crate) const ROW_INTERLEAVE: usize = 2;
-pub(crate) const ROW_GROUP: usize = 8;
+pub(crate) use tiles::{ROW_GROUP, ROW_INTERLEAVE};
 
 #[cfg(test)]
 thread_local! {
@@ -60,7 +49,7 @@ pub(crate) struct WgradTile {
     pub k: usize,
     pub n: usize,
     pub flat: bool,
-    /// conv_wgrad_thin.wgsl: many splits, fused bias partials (see `super::thin`).
+    /// conv_wgrad_thin (generated): many splits, fused bias partials (see `super::thin`).
     pub thin: bool,
 }
 
@@ -68,21 +57,27 @@ const fn wgrad(kernel: &'static str, entry: &'static str, k: usize, n: usize, fl
     WgradTile { kernel, entry, k, n, flat, thin }
 }
 
-pub(crate) const GPU_WGRAD: WgradTile = wgrad("conv_wgrad", "main", 4, 8, false, false);
-/// CPU drivers (see conv_cpu_vec4.wgsl), cin and cout multiples of 4.
-pub(crate) const CPU_WGRAD_VEC4: WgradTile = wgrad("conv_wgrad_cpu_vec4", "main", 32, 32, false, false);
-/// CPU drivers, any channel counts; `k'` spans taps so that the 3-channel stem fills the tile.
-pub(crate) const CPU_WGRAD: WgradTile = wgrad("conv_wgrad_cpu", "main", 32, 32, true, false);
-/// Thin layers (see `is_thin`), conv_wgrad_thin.wgsl: `k` k' x `n` output channels per
-/// thread (generated entry `k{k/4}n{n/4}`, `_cpu` for 8-wide workgroups).
-pub(crate) const THIN_CPU_K1N1: WgradTile = wgrad("conv_wgrad_thin", "k1n1_cpu", 4, 4, true, true);
-pub(crate) const THIN_CPU_K1N2: WgradTile = wgrad("conv_wgrad_thin", "k1n2_cpu", 4, 8, true, true);
-pub(crate) const THIN_CPU_K4N1: WgradTile = wgrad("conv_wgrad_thin", "k4n1_cpu", 16, 4, true, true);
-pub(crate) const THIN_CPU_K4N2: WgradTile = wgrad("conv_wgrad_thin", "k4n2_cpu", 16, 8, true, true);
-pub(crate) const THIN_CPU_K4N4: WgradTile = wgrad("conv_wgrad_thin", "k4n4_cpu", 16, 16, true, true);
+/// A split-K weight-gradient kernel of the table (`flat`: `k'` spans taps).
+const fn split_k(t: WgradSize, flat: bool) -> WgradTile {
+    wgrad(t.kernel, "main", t.k, t.n, flat, false)
+}
+pub(crate) const GPU_WGRAD: WgradTile = split_k(tiles::GPU_WGRAD_SIZE, false);
+pub(crate) const CPU_WGRAD_VEC4: WgradTile = split_k(tiles::CPU_WGRAD_VEC4_SIZE, false);
+pub(crate) const CPU_WGRAD: WgradTile = split_k(tiles::CPU_WGRAD_SIZE, true);
+/// Thin layers (see `is_thin`), the generated conv_wgrad_thin kernel: a tile of the table
+/// in `tiles.rs` as `4 * kg` k' x `4 * ng` output channels per thread, with its 8-wide
+/// (`cpu`) or 64-wide entry point.
+pub(crate) const fn thin(t: ThinTile, cpu: bool) -> WgradTile {
+    wgrad(THIN_KERNEL, if cpu { t.cpu_entry } else { t.gpu_entry }, 4 * t.kg, 4 * t.ng, true, true)
+}
+pub(crate) const THIN_CPU_K1N1: WgradTile = thin(THIN_K1N1, true);
+pub(crate) const THIN_CPU_K1N2: WgradTile = thin(THIN_K1N2, true);
+pub(crate) const THIN_CPU_K4N1: WgradTile = thin(THIN_K4N1, true);
+pub(crate) const THIN_CPU_K4N2: WgradTile = thin(THIN_K4N2, true);
+pub(crate) const THIN_CPU_K4N4: WgradTile = thin(THIN_K4N4, true);
 /// GPUs: register tiles the size of conv_wgrad.wgsl's.
-pub(crate) const THIN_GPU_K1N1: WgradTile = wgrad("conv_wgrad_thin", "k1n1", 4, 4, true, true);
-pub(crate) const THIN_GPU_K1N2: WgradTile = wgrad("conv_wgrad_thin", "k1n2", 4, 8, true, true);
+pub(crate) const THIN_GPU_K1N1: WgradTile = thin(THIN_K1N1, false);
+pub(crate) const THIN_GPU_K1N2: WgradTile = thin(THIN_K1N2, false);
 
 #[cfg(test)]
 thread_local! {
@@ -112,7 +107,7 @@ pub(crate) fn wgrad_tile_for(ctx: &GpuContext, s: &ConvShape) -> WgradTile {
     }
 }
 
-/// Whether the weight gradient of `s` takes conv_wgrad_thin.wgsl. CPU: up to 16 output
+/// Whether the weight gradient of `s` takes conv_wgrad_thin. CPU: up to 16 output
 /// channels, where a 32-wide column tile is at least half padding (measured on llvmpipe:
 /// the thin tiles win from the 3x3 16->16 decoder conv down; the 3->64 stem keeps the
 /// flat 32x32 tile). GPU: where conv_wgrad.wgsl's per-tap 4 x 8 tile is padded.

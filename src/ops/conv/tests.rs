@@ -107,9 +107,19 @@ fn check_case_tol(ctx: &GpuContext, geo: &Geo, mask: &PatchMask, cin: usize, cou
     }
 }
 
-/// Every tile of conv_wgrad_thin.wgsl.
-const THIN_TILES: &[WgradTile] =
-    &[THIN_CPU_K1N1, THIN_CPU_K1N2, THIN_CPU_K4N1, THIN_CPU_K4N2, THIN_CPU_K4N4, THIN_GPU_K1N1, THIN_GPU_K1N2];
+/// Every entry point of the generated conv_wgrad_thin kernel: each tile of the table in
+/// `tiles.rs`, 8-wide and 64-wide (also those no launcher picks today, so that the tuner
+/// of issue 8 can).
+const THIN_TILES: [WgradTile; 2 * tiles::THIN_TILES.len()] = {
+    let mut out = [GPU_WGRAD; 2 * tiles::THIN_TILES.len()];
+    let mut i = 0;
+    while i < tiles::THIN_TILES.len() {
+        out[2 * i] = thin(tiles::THIN_TILES[i], true);
+        out[2 * i + 1] = thin(tiles::THIN_TILES[i], false);
+        i += 1;
+    }
+    out
+};
 
 /// Every gather-GEMM kernel (forward and data gradient) and weight-gradient kernel that
 /// can run `cin -> cout`, paired up.
@@ -203,7 +213,7 @@ fn thin_layers_match_cpu() {
     // Many k' tiles per split: few splits of more than 128 rows, so the CPU entries round
     // the rows per split up to a multiple of 256.
     let geo = &geos[0];
-    for force in THIN_TILES {
+    for force in &THIN_TILES {
         FORCE_WGRAD.with(|f| f.set(Some(*force)));
         check_case_tol(&ctx, geo, &mask, 36, 13, true, false, seed, &format!("{} (36->13, {force:?})", geo.name), 5e-5);
         seed += 10;
@@ -229,7 +239,7 @@ fn weight_gradient_is_bitwise_deterministic() {
         let (xt, mt, gt) =
             (ctx.upload(&random_vec(1, s.rows_in * cin)), ctx.upload(&map.map), ctx.upload(&random_vec(2, s.rows_out * cout)));
         let mut wtiles = vec![GPU_WGRAD, CPU_WGRAD];
-        wtiles.extend_from_slice(THIN_TILES);
+        wtiles.extend_from_slice(&THIN_TILES);
         if cin.is_multiple_of(4) && cout.is_multiple_of(4) {
             wtiles.push(CPU_WGRAD_VEC4);
         }

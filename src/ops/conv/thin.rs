@@ -1,5 +1,6 @@
 //! Weight gradient of thin layers (few output channels, many rows: the full-resolution
-//! decoder stages) with `conv_wgrad_thin.wgsl`: small thread tiles, many splits, and the
+//! decoder stages) with the generated `conv_wgrad_thin` kernel (build.rs, from the
+//! tile table in `tiles.rs`): small thread tiles, many splits, and the
 //! bias partials from the same pass. Chosen by `kernels::wgrad_tile_for`.
 
 use anyhow::{Result, ensure};
@@ -30,7 +31,7 @@ struct ThinWgradParams {
     split_fastest: u32,
 }
 
-/// `conv_weight_grad` of a thin layer with conv_wgrad_thin.wgsl (checked arguments); the
+/// `conv_weight_grad` of a thin layer with conv_wgrad_thin (checked arguments); the
 /// bias partials come from the same pass.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn thin_weight_grad(

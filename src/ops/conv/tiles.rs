@@ -1,0 +1,76 @@
+//! The tile table of the generated conv kernels, read both by `build.rs` (which expands
+//! the WGSL from it, see `build/conv_wgrad_thin.rs`) and by the launchers
+//! (`kernels.rs`), so that each tile is defined once. Plain `std`-free consts: build.rs
+//! includes this file by `#[path]`.
+
+/// A thread tile of the generated `conv_wgrad_thin` kernel: `kg × ng` blocks of 4 × 4,
+/// i.e. `4 * kg` reduction indices `k' = t * cin + ci` × `4 * ng` output channels. Each
+/// tile has two entry points: `gpu_entry` (64-wide workgroups) and `cpu_entry` (8-wide:
+/// one SIMD vector of llvmpipe, consecutive splits per vector).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThinTile {
+    pub kg: usize,
+    pub ng: usize,
+    pub gpu_entry: &'static str,
+    pub cpu_entry: &'static str,
+}
+
+pub const THIN_K1N1: ThinTile = ThinTile { kg: 1, ng: 1, gpu_entry: "k1n1", cpu_entry: "k1n1_cpu" };
+pub const THIN_K1N2: ThinTile = ThinTile { kg: 1, ng: 2, gpu_entry: "k1n2", cpu_entry: "k1n2_cpu" };
+pub const THIN_K4N1: ThinTile = ThinTile { kg: 4, ng: 1, gpu_entry: "k4n1", cpu_entry: "k4n1_cpu" };
+pub const THIN_K4N2: ThinTile = ThinTile { kg: 4, ng: 2, gpu_entry: "k4n2", cpu_entry: "k4n2_cpu" };
+pub const THIN_K4N4: ThinTile = ThinTile { kg: 4, ng: 4, gpu_entry: "k4n4", cpu_entry: "k4n4_cpu" };
+
+/// Every tile `conv_wgrad_thin` is generated with (the launchers pick among these).
+pub const THIN_TILES: [ThinTile; 5] = [THIN_K1N1, THIN_K1N2, THIN_K4N1, THIN_K4N2, THIN_K4N4];
+
+/// Name of the generated shader (`ctx.kernel_entry(THIN_KERNEL, entry)`).
+pub const THIN_KERNEL: &str = "conv_wgrad_thin";
+
+/// A gather-GEMM kernel (forward and data gradient) and the output rows × output
+/// channels one thread owns (its WGSL `TR`, `4 * TV`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatherTile {
+    pub kernel: &'static str,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// GPUs: a tile that stays in registers (generated, `build/conv_gather.rs`).
+pub const GPU_GATHER: GatherTile = GatherTile { kernel: "conv", rows: 4, cols: 8 };
+/// CPU drivers: loads cost far more than multiply-adds and spills are cheap, so the tiles
+/// are large (see conv_cpu_vec4.wgsl). K and N multiples of 4: vec4 loads and stores.
+pub const CPU_GATHER_VEC4: GatherTile = GatherTile { kernel: "conv_cpu_vec4", rows: 32, cols: 32 };
+/// CPU drivers, other K and N (3-channel stem input).
+pub const CPU_GATHER: GatherTile = GatherTile { kernel: "conv_cpu", rows: 32, cols: 32 };
+/// CPU drivers, N <= 4 (3-channel outputs): a 32-wide column tile would be mostly padding.
+pub const CPU_GATHER_NARROW: GatherTile = GatherTile { kernel: "conv_cpu_narrow", rows: 64, cols: 4 };
+
+/// Gather kernels still hand-unrolled under `shaders/`: build.rs fails when their
+/// `const TR`, `TV`, `RI`, `G` differ from this table.
+pub const HAND_GATHER: [GatherTile; 3] = [CPU_GATHER_VEC4, CPU_GATHER, CPU_GATHER_NARROW];
+
+/// Row interleave `RI` and phase group `G` of every gather-GEMM kernel (see the
+/// generated `conv` kernel): a thread's rows are `base + RI * i`, and `G` consecutive
+/// row tiles share a phase.
+pub const ROW_INTERLEAVE: usize = 2;
+pub const ROW_GROUP: usize = 8;
+
+/// A hand-unrolled weight-gradient kernel's `const TK` × `TN` (checked by build.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WgradSize {
+    pub kernel: &'static str,
+    pub k: usize,
+    pub n: usize,
+}
+
+/// GPUs: 4 input channels × 8 output channels of one tap (conv_wgrad.wgsl, unrolled by
+/// hand without named constants).
+pub const GPU_WGRAD_SIZE: WgradSize = WgradSize { kernel: "conv_wgrad", k: 4, n: 8 };
+/// CPU drivers (see conv_cpu_vec4.wgsl), cin and cout multiples of 4.
+pub const CPU_WGRAD_VEC4_SIZE: WgradSize = WgradSize { kernel: "conv_wgrad_cpu_vec4", k: 32, n: 32 };
+/// CPU drivers, any channel counts; `k'` spans taps so that the 3-channel stem fills the tile.
+pub const CPU_WGRAD_SIZE: WgradSize = WgradSize { kernel: "conv_wgrad_cpu", k: 32, n: 32 };
+
+/// Weight-gradient kernels whose `const TK`, `TN` build.rs checks against this table.
+pub const HAND_WGRAD: [WgradSize; 2] = [CPU_WGRAD_VEC4_SIZE, CPU_WGRAD_SIZE];
