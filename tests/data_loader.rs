@@ -238,3 +238,27 @@ fn all_unreadable_is_an_error_not_a_hang() {
     assert!(l.next_batch().is_err());
     assert_eq!(l.skipped_images(), 4);
 }
+
+/// Data-parallel shards (issue 10): the shards of ranks 0..n, side by side, are the
+/// whole batch of one loader — images, augmentations, dataset indices and mask rows —
+/// also when started mid-epoch (resume).
+#[test]
+fn shards_side_by_side_are_the_whole_batch() {
+    let src: Arc<dyn ImageSource> = Arc::new(ProceduralSource::new(20, 64, 3));
+    let whole = batches(src.clone(), cfg(4, 2), 1, 2, 3);
+    let shard = |r: std::ops::Range<usize>| {
+        let mut l = Loader::new_shard(src.clone(), cfg(4, 1), r).unwrap();
+        l.start(1, 2);
+        (0..3).map(|_| l.next_batch().unwrap()).collect::<Vec<_>>()
+    };
+    let (a, b) = (shard(0..1), shard(1..4));
+    for ((w, a), b) in whole.iter().zip(&a).zip(&b) {
+        assert_eq!((a.batch, b.batch), (1, 3));
+        assert_eq!((a.epoch, a.step), (w.epoch, w.step));
+        assert_eq!([a.images.clone(), b.images.clone()].concat(), w.images);
+        assert_eq!([a.visible.clone(), b.visible.clone()].concat(), w.visible);
+        assert_eq!([a.indices.clone(), b.indices.clone()].concat(), w.indices);
+    }
+    assert!(Loader::new_shard(src.clone(), cfg(4, 1), 2..5).is_err());
+    assert!(Loader::new_shard(src, cfg(4, 1), 2..2).is_err());
+}

@@ -103,6 +103,7 @@ fn reconstructs_with_a_checkpoint_of_a_short_run() {
         drop_path: 0.1,
         viz_every: None,
         tensorboard: false,
+        sync_bn: true,
     };
     let ctx = GpuContext::new_default().unwrap();
     pretrain(&ctx, &cfg, run.path(), false, Arc::new(AtomicBool::new(false)), false).unwrap();

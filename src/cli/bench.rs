@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     pub json: bool,
+    /// Under MPI: only time the bucketed gradient all-reduce of this model's gradient
+    /// size (no graph is built), e.g. the ResNet-50 size on a machine too slow to train it.
+    #[arg(long)]
+    pub allreduce_only: bool,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -67,7 +71,10 @@ fn timed(ctx: &GpuContext, dispatches: &[&Dispatch]) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
-pub fn run(gpu: &GpuArgs, a: &BenchArgs) -> Result<()> {
+pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) -> Result<()> {
+    if world.size() > 1 || a.allreduce_only {
+        return run_dist(gpu, a, world);
+    }
     let ctx = gpu.open()?;
     let encoder = EncoderConfig::preset(&a.model)?;
     let cfg = SparkConfig {
@@ -85,6 +92,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs) -> Result<()> {
         drop_path_rate: crate::ops::drop_path::official_drop_path_rate(&a.model),
         seed: 0,
         chunk_images: a.chunk_images.map(|n| n as usize),
+        ..Default::default()
     };
     let mut model = SparkModel::build_full(&ctx, cfg.clone(), a.batch, Some(lamb), cfg.visible_per_image(), opts)?;
     ctx.check("building the benchmark graph")?;
@@ -197,6 +205,118 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs) -> Result<()> {
             "kernels": kernels.iter().map(|(n, ms, gf)| serde_json::json!({"name": n, "ms": ms, "gflops": gf})).collect::<Vec<_>>(),
         });
         println!("{j}");
+    }
+    Ok(())
+}
+
+/// Time `reps` bucketed all-reduces of `floats` floats (after one untimed): seconds each.
+fn time_allreduce(world: &dyn crate::dist::Collective, floats: usize, reps: usize) -> Result<Vec<f64>> {
+    let mut buf = random_vec(11, floats);
+    let mut out = vec![];
+    for i in 0..reps + 1 {
+        world.barrier()?;
+        let t = Instant::now();
+        crate::dist::all_reduce_bucketed(world, &mut buf, crate::dist::ALLREDUCE_BUCKET_FLOATS)?;
+        if i > 0 {
+            out.push(t.elapsed().as_secs_f64());
+        }
+        // Keep the values bounded over the repetitions.
+        let inv = 1.0 / world.size() as f32;
+        buf.iter_mut().for_each(|x| *x *= inv);
+    }
+    Ok(out)
+}
+
+/// `bench` under MPI (issue 10): the data-parallel step split into compute, all-reduce
+/// and waiting for the slowest rank, per rank, and the all-reduce bandwidth over the
+/// model's gradient size. `--batch` is the global batch, as in `pretrain`.
+fn run_dist(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) -> Result<()> {
+    let encoder = EncoderConfig::preset(&a.model)?;
+    let cfg = SparkConfig {
+        densify_norm: encoder.default_densify_norm(),
+        encoder: encoder.clone(),
+        input_size: a.input_size,
+        dec_width: a.dec_width,
+        mask_ratio: a.mask_ratio,
+    };
+    cfg.validate()?;
+    let n = world.size();
+    let grad_floats: usize = crate::model::spark::parameter_specs(&cfg)
+        .iter()
+        .filter(|s| s.kind == crate::graph::Kind::Trainable)
+        .map(|s| s.numel())
+        .sum();
+    let mut split = (vec![], vec![], vec![]);
+    let mut local = 0;
+    if !a.allreduce_only {
+        let ctx = gpu.open_for(world)?;
+        let share = crate::dist::shard(a.batch, world.rank(), n)?;
+        local = share.len();
+        let lamb = LambConfig { beta1: 0.9, beta2: encoder.default_beta2() as f32, eps: 1e-6, max_grad_norm: 5.0 };
+        let opts = BuildOptions {
+            dense_encoder: a.dense_encoder,
+            drop_path_rate: crate::ops::drop_path::official_drop_path_rate(&a.model),
+            seed: 0,
+            sync_bn_world: n,
+            shard: Some((share.start, a.batch)),
+            chunk_images: a.chunk_images.map(|n| n as usize),
+        };
+        let mut model = SparkModel::build_full(&ctx, cfg.clone(), local, Some(lamb), cfg.visible_per_image(), opts)?;
+        ctx.check("building the benchmark graph")?;
+        let f = cfg.grid();
+        let s = a.input_size;
+        let images = random_vec(7 + world.rank() as u64, local * s * s * 3);
+        let visible_ratio = cfg.visible_per_image() as f64 / (f * f) as f64;
+        for i in 0..a.warmup + a.steps {
+            let mask = random_patch_mask(100 + i as u64, local, f, f, visible_ratio);
+            model.set_batch(&images, &mask)?;
+            let t = model.train_step_dist(world, i as u32 + 1, 1e-4, 0.04, true)?;
+            ctx.check(&format!("benchmark step {}", i + 1))?;
+            ctx.wait()?;
+            if i >= a.warmup {
+                split.0.push(t.compute_s * 1e3);
+                split.1.push(t.reduce_s * 1e3);
+                split.2.push(t.wait_s * 1e3);
+            }
+        }
+    }
+    let (compute, reduce, wait) = (median(split.0), median(split.1), median(split.2));
+    let ar = time_allreduce(world, grad_floats, a.steps.max(3))?;
+    let ar_s = median(ar);
+    let bytes = 4.0 * grad_floats as f64;
+    // Algorithm bandwidth (bytes of the buffer per second) and the ring all-reduce's bus
+    // bandwidth (each byte crosses 2(n−1)/n links), the usual NCCL/MPI figures.
+    let algbw = bytes / ar_s / 1e9;
+    let busbw = algbw * 2.0 * (n - 1) as f64 / n as f64;
+    if !a.allreduce_only {
+        eprintln!(
+            "rank {} of {n}: batch {local} per rank, step {:.1} ms = compute {compute:.1} + all-reduce {reduce:.1} + waiting {wait:.1} (medians of {})",
+            world.rank(),
+            compute + reduce + wait,
+            a.steps
+        );
+    }
+    world.barrier()?;
+    if world.is_root() {
+        println!("ranks          {n}");
+        println!("model          {} {}×{} global batch {} (gradient {grad_floats} floats = {:.1} MiB)", a.model, a.input_size, a.input_size, a.batch, bytes / (1 << 20) as f64);
+        if !a.allreduce_only {
+            println!("step (rank 0)  compute {compute:.1} ms, all-reduce {reduce:.1} ms, waiting {wait:.1} ms");
+        }
+        println!(
+            "all-reduce     {:.1} ms for the gradient: {algbw:.2} GB/s algorithm bandwidth, {busbw:.2} GB/s bus bandwidth (median of {}, {} floats per bucket)",
+            ar_s * 1e3,
+            a.steps.max(3),
+            crate::dist::ALLREDUCE_BUCKET_FLOATS
+        );
+        if a.json {
+            let j = serde_json::json!({
+                "ranks": n, "model": a.model, "input_size": a.input_size, "batch": a.batch, "grad_floats": grad_floats,
+                "compute_ms": compute.is_finite().then_some(compute), "allreduce_ms_in_step": reduce.is_finite().then_some(reduce),
+                "wait_ms": wait.is_finite().then_some(wait), "allreduce_ms": ar_s * 1e3, "algbw_gbs": algbw, "busbw_gbs": busbw,
+            });
+            println!("{j}");
+        }
     }
     Ok(())
 }

@@ -34,6 +34,10 @@ pub struct GpuArgs {
     /// adapter, e.g. to test it on lavapipe); env SPARK_WGPU_KERNELS.
     #[arg(long, global = true, value_parser = ["auto", "cpu", "gpu"])]
     pub kernels: Option<String>,
+    /// Under MPI: let every rank of a node use the first matching adapter instead of one
+    /// adapter per node-local rank (one GPU, or lavapipe, shared by several ranks).
+    #[arg(long, global = true)]
+    pub share_adapter: bool,
 }
 
 impl GpuArgs {
@@ -44,6 +48,42 @@ impl GpuArgs {
     pub fn open(&self) -> Result<GpuContext> {
         GpuContext::new(&self.choice())
     }
+
+    /// The adapter of this rank (one process: as [`GpuArgs::open`]), announced on the
+    /// rank's first line.
+    pub fn open_for(&self, world: &dyn crate::dist::Collective) -> Result<GpuContext> {
+        if world.size() == 1 {
+            return self.open();
+        }
+        let ctx = GpuContext::new_for_rank(&self.choice(), world.local_rank(), self.share_adapter)
+            .map_err(|e| e.context(format!("rank {} (node-local rank {}) cannot get its adapter", world.rank(), world.local_rank())))?;
+        // One write, so that the ranks' first lines do not interleave in the launcher's output.
+        let line = format!(
+            "rank {} of {} (node-local {}, pid {}): adapter {}\n",
+            world.rank(),
+            world.size(),
+            world.local_rank(),
+            std::process::id(),
+            ctx.describe()
+        );
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        Ok(ctx)
+    }
+}
+
+/// Run `f` as one rank of the launcher's world (one process: just run it). A rank whose
+/// `f` fails prints the cause with its rank and aborts every rank (MPI_Abort), so no
+/// rank waits forever for it.
+fn in_world(f: impl FnOnce(&dyn crate::dist::Collective) -> Result<()>) -> Result<()> {
+    let world = crate::dist::init_world()?;
+    let r = f(world.as_ref());
+    if let Err(e) = &r
+        && world.size() > 1
+    {
+        eprintln!("error: rank {} of {} failed: {e:#}\naborting every rank", world.rank(), world.size());
+        world.abort(crate::dist::EXIT_RANK_FAILED);
+    }
+    r
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,8 +130,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices => devices::run(&cli.gpu),
         Command::Parity(a) => parity::run(&cli.gpu, &a),
-        Command::Bench(a) => bench::run(&cli.gpu, &a),
-        Command::Pretrain(a) => pretrain::run(&cli.gpu, &a),
+        Command::Bench(a) => in_world(|w| bench::run(&cli.gpu, &a, w)),
+        Command::Pretrain(a) => in_world(|w| pretrain::run(&cli.gpu, &a, w)),
         Command::Export(a) => export::run(&a),
         Command::Reconstruct(a) => reconstruct::run(&cli.gpu, &a),
     }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::GpuArgs;
 use crate::model::{EncoderConfig, SparkConfig};
 use crate::train::ranges as R;
-use crate::train::{PretrainConfig, pretrain, read_run_config};
+use crate::train::{PretrainConfig, pretrain_dist, read_run_config};
 
 #[derive(clap::Args, Debug)]
 pub struct PretrainArgs {
@@ -80,6 +80,11 @@ pub struct PretrainArgs {
     /// `tensorboard --logdir <run>/tb`).
     #[arg(long)]
     pub no_tensorboard: bool,
+    /// Data-parallel runs (several MPI ranks): take each BatchNorm's statistics over this
+    /// rank's share of the batch only, not over the global batch (the official recipe
+    /// synchronises them whenever more than one process runs).
+    #[arg(long)]
+    pub no_sync_bn: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -95,7 +100,7 @@ pub struct PretrainArgs {
 /// `config.json` and to the log.
 const RESUMABLE: &[&str] = &["max_steps", "epochs", "save_every", "base_lr", "weight_decay", "weight_decay_end"];
 /// Options that do not touch the run at all.
-const NEUTRAL: &[&str] = &["resume", "quiet", "adapter", "backend", "kernels", "PretrainArgs"];
+const NEUTRAL: &[&str] = &["resume", "quiet", "adapter", "backend", "kernels", "share_adapter", "PretrainArgs"];
 
 fn flag(id: &str) -> String {
     format!("--{}", id.replace('_', "-"))
@@ -133,15 +138,17 @@ fn apply_resume_options(a: &PretrainArgs, cfg: &mut PretrainConfig) -> Result<Ve
     Ok(changes)
 }
 
-pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
-    let ctx = gpu.open()?;
+pub fn run(gpu: &GpuArgs, a: &PretrainArgs, world: &dyn crate::dist::Collective) -> Result<()> {
+    let ctx = gpu.open_for(world)?;
     let (cfg, dir, resume) = match &a.resume {
         Some(dir) => {
             let mut cfg = read_run_config(dir)?;
             let changes = apply_resume_options(a, &mut cfg)?;
             if !changes.is_empty() {
                 cfg.validate()?;
-                crate::train::record_resume_changes(dir, &cfg, &changes)?;
+                if world.is_root() {
+                    crate::train::record_resume_changes(dir, &cfg, &changes)?;
+                }
                 for (o, old, new) in &changes {
                     eprintln!("resume: {o} {old} → {new}");
                 }
@@ -176,6 +183,7 @@ pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
                 save_every: a.save_every,
                 viz_every: a.viz_every,
                 tensorboard: !a.no_tensorboard,
+                sync_bn: !a.no_sync_bn,
                 drop_path: a.drop_path.unwrap_or_else(|| crate::ops::drop_path::official_drop_path_rate(&a.model)),
             };
             let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", a.model)));
@@ -194,8 +202,13 @@ pub fn run(gpu: &GpuArgs, a: &PretrainArgs) -> Result<()> {
         }
         eprintln!("\ninterrupted: finishing the step and writing a checkpoint (Ctrl-C again to abort)");
     });
-    eprintln!("adapter: {}", ctx.describe());
-    let r = pretrain(&ctx, &cfg, &dir, resume, stop, !a.quiet)?;
+    if world.size() == 1 {
+        eprintln!("adapter: {}", ctx.describe());
+    }
+    let r = pretrain_dist(&ctx, &cfg, &dir, resume, stop, !a.quiet, world)?;
+    if !world.is_root() {
+        return Ok(());
+    }
     println!(
         "{} after {} steps: loss {} → {}; run directory {}{}",
         cfg.model,

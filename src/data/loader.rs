@@ -62,6 +62,9 @@ type Reporter = Arc<dyn Fn(&str) + Send + Sync>;
 struct Common {
     source: Arc<dyn ImageSource>,
     cfg: LoaderConfig,
+    /// The slots of every global batch this loader produces (all of them in one process;
+    /// one rank's share in data-parallel training, see `dist::shard`).
+    shard: std::ops::Range<usize>,
     steps_per_epoch: usize,
     /// Indices that failed to decode: each is reported once, then skipped without retrying.
     bad: Mutex<HashSet<usize>>,
@@ -161,7 +164,9 @@ struct Run {
 }
 
 fn worker(common: Arc<Common>, run: Arc<Run>) {
-    let b = common.cfg.batch as u64;
+    // Items are numbered over this loader's shard: `b` per step.
+    let b = common.shard.len() as u64;
+    let (first, global) = (common.shard.start, common.cfg.batch);
     let prefetch = common.cfg.prefetch.max(1) as u64;
     let spe = common.steps_per_epoch as u64;
     loop {
@@ -181,7 +186,7 @@ fn worker(common: Arc<Common>, run: Arc<Run>) {
         };
         let (g, slot) = (item / b, (item % b) as usize);
         let (epoch, step) = ((g / spe) as usize, (g % spe) as usize);
-        let result = common.produce(epoch, step * b as usize + slot);
+        let result = common.produce(epoch, step * global + first + slot);
         let mut st = lock(&run.state);
         if st.stop {
             return;
@@ -204,6 +209,18 @@ pub struct Loader {
 
 impl Loader {
     pub fn new(source: Arc<dyn ImageSource>, cfg: LoaderConfig) -> anyhow::Result<Self> {
+        let all = 0..cfg.batch;
+        Self::new_shard(source, cfg, all)
+    }
+
+    /// A loader of slots `shard` of every global batch of `cfg.batch`: the images, the
+    /// augmentations and the mask rows that a loader of the whole batch would give those
+    /// slots (every draw is keyed by its global position), so that ranks that each take
+    /// their share together see exactly one process's batch.
+    pub fn new_shard(source: Arc<dyn ImageSource>, cfg: LoaderConfig, shard: std::ops::Range<usize>) -> anyhow::Result<Self> {
+        if shard.is_empty() || shard.end > cfg.batch {
+            bail!("loader shard {shard:?} is not a non-empty part of the batch of {}", cfg.batch);
+        }
         if cfg.batch == 0 {
             bail!("batch size must be at least 1");
         }
@@ -226,6 +243,7 @@ impl Loader {
             common: Arc::new(Common {
                 source,
                 cfg,
+                shard,
                 steps_per_epoch,
                 bad: Mutex::new(HashSet::new()),
                 skipped: AtomicUsize::new(0),
@@ -268,7 +286,7 @@ impl Loader {
         let g = (epoch * self.common.steps_per_epoch + step) as u64;
         let run = Arc::new(Run {
             state: Mutex::new(RunState {
-                next_item: g * self.common.cfg.batch as u64,
+                next_item: g * self.common.shard.len() as u64,
                 consumer_step: g,
                 pending: HashMap::new(),
                 stop: false,
@@ -294,7 +312,7 @@ impl Loader {
             self.start(0, 0);
         }
         let run = self.run.as_ref().unwrap().0.clone();
-        let b = self.common.cfg.batch;
+        let b = self.common.shard.len();
         let (g, pending) = {
             let mut st = lock(&run.state);
             let g = st.consumer_step;
@@ -323,7 +341,11 @@ impl Loader {
         }
         let f = size / 32;
         let mut rng = stream(self.common.cfg.seed, TAG_MASK, epoch as u64, step as u64);
-        let visible = sample_mask(&mut rng, b, f, self.common.cfg.mask_ratio);
+        // The whole batch's mask is drawn (its images are drawn in sequence), then this
+        // shard's rows are kept.
+        let mut visible = sample_mask(&mut rng, self.common.cfg.batch, f, self.common.cfg.mask_ratio);
+        visible.truncate(self.common.shard.end * f * f);
+        visible.drain(..self.common.shard.start * f * f);
         Ok(Batch { images, visible, batch: b, size, indices, epoch, step })
     }
 

@@ -200,6 +200,36 @@ impl GpuContext {
                 }
             }
         };
+        Self::open(adapter, kernel_set)
+    }
+
+    /// Open the adapter of the MPI rank with node-local rank `local_rank` (issue 10): the
+    /// `local_rank`-th of the adapters `choice` matches (by name when `--adapter` is given;
+    /// otherwise every non-CPU adapter of the first backend listed, or the CPU ones when
+    /// there is no other). With `share`, every rank takes the first (one adapter, e.g.
+    /// lavapipe, shared by all ranks of a node).
+    pub fn new_for_rank(choice: &AdapterChoice, local_rank: usize, share: bool) -> Result<Self> {
+        let choice = choice.clone().or_env();
+        let backends = choice.backends()?;
+        let kernel_set = choice.kernel_set()?;
+        let mut all = pollster::block_on(instance(backends).enumerate_adapters(backends));
+        match &choice.name {
+            Some(want) => all.retain(|a| a.get_info().name.to_lowercase().contains(&want.to_lowercase())),
+            None => {
+                if all.iter().any(|a| a.get_info().device_type != wgpu::DeviceType::Cpu) {
+                    all.retain(|a| a.get_info().device_type != wgpu::DeviceType::Cpu);
+                }
+                // The same GPU is listed once per backend (Vulkan and DX12 on Windows).
+                if let (None, Some(first)) = (&choice.backend, all.first().map(|a| a.get_info().backend)) {
+                    all.retain(|a| a.get_info().backend == first);
+                }
+            }
+        }
+        let i = crate::dist::pick_adapter(local_rank, all.len(), share)?;
+        Self::open(all.swap_remove(i), kernel_set)
+    }
+
+    fn open(adapter: wgpu::Adapter, kernel_set: KernelSet) -> Result<Self> {
         let info = adapter.get_info();
         let kernel_set = kernel_set.resolve(info.device_type);
         let limits = adapter.limits();

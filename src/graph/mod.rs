@@ -86,6 +86,22 @@ struct VarInfo {
     grad_written: bool,
 }
 
+/// The dispatch list a host point belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Forward,
+    Backward,
+}
+
+/// A point of the step where the host must sum a tensor over the ranks (synchronised
+/// BatchNorm, issue 10): after `graph.forward[..at]` (or `backward[..at]`) has run.
+#[derive(Clone, Debug)]
+pub struct HostPoint {
+    pub pass: Pass,
+    pub at: usize,
+    pub sum: crate::ops::batchnorm::HostSum,
+}
+
 type BackwardFn = (Var, Box<dyn FnOnce(&mut Graph) -> Result<()>>);
 
 pub struct Graph<'c> {
@@ -119,6 +135,14 @@ pub struct Graph<'c> {
     /// Compute every "sparse" stage densely (every site), as the official code does
     /// before masking; for speed comparisons only.
     pub dense_encoder: bool,
+    /// Data-parallel training: BatchNorm statistics are taken over this many ranks'
+    /// rows (1: this process's rows only), through `host_points`.
+    pub sync_bn_world: usize,
+    pub host_points: Vec<HostPoint>,
+    /// This graph's images are `image_offset..image_offset + batch` of a global batch of
+    /// `global_batch` (per-image random draws are those of the global batch).
+    pub image_offset: usize,
+    pub global_batch: usize,
     /// Split every op into chunks of at most this many images even where the batch fits
     /// the adapter's binding limit (see `chunks`): to test and measure the chunked path.
     pub chunk_images: Option<usize>,
@@ -158,6 +182,17 @@ impl<'c> Graph<'c> {
             bn_counters: vec![],
             dense_encoder: false,
             chunk_images: None,
+            sync_bn_world: 1,
+            host_points: vec![],
+            image_offset: 0,
+            global_batch: batch,
+        }
+    }
+
+    /// Record the host points an op returned, its dispatches starting at `base` of `pass`.
+    pub(crate) fn note_host_points(&mut self, pass: Pass, base: usize, sums: Vec<crate::ops::batchnorm::HostSum>) {
+        for sum in sums {
+            self.host_points.push(HostPoint { pass, at: base + sum.after, sum });
         }
     }
 
@@ -234,6 +269,10 @@ impl<'c> Graph<'c> {
         let p = std::mem::take(&mut self.prologue);
         let n = p.len();
         self.forward.splice(0..0, p);
+        // The forward's host points move with the dispatches they follow.
+        for h in self.host_points.iter_mut().filter(|h| h.pass == Pass::Forward) {
+            h.at += n;
+        }
         n
     }
 
@@ -462,7 +501,8 @@ impl<'c> Graph<'c> {
     /// resumed run draws the same ones).
     pub fn set_drop_path_step(&self, seed: u64, step: u64) {
         for (layer, (scales, ch, p)) in self.drop_paths.iter().enumerate() {
-            let s = crate::ops::drop_path::drop_path_scales(seed, step, layer as u64, self.batch, *p);
+            let s = crate::ops::drop_path::drop_path_scales(seed, step, layer as u64, self.global_batch, *p);
+            let s = &s[self.image_offset..self.image_offset + self.batch];
             for (t, r) in scales.iter().zip(ch.ranges()) {
                 self.ctx.write(t, &s[r]);
             }

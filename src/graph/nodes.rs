@@ -7,7 +7,7 @@ use super::{Chunks, Graph, ParamId, SetId, Var};
 use crate::gpu::GpuTensor;
 use crate::ops::activation::{Activation, activation_backward, activation_forward};
 use crate::ops::batchnorm::{
-    BnSavedTensors, BnTensors, batchnorm_backward_chunked, batchnorm_eval_forward, batchnorm_train_forward_chunked,
+    BnSavedTensors, BnTensors, batchnorm_backward_synced, batchnorm_eval_forward, batchnorm_train_forward_synced,
 };
 use crate::ops::conv::{ConvShape, WeightLayout, conv_data_grad, conv_forward, conv_weight_grad};
 use crate::ops::densify::{scatter_rows, scatter_rows_backward};
@@ -190,7 +190,11 @@ impl Graph<'_> {
             save_invstd: &save_invstd,
         };
         let views: Vec<_> = ch.ranges().map(|r| (self.view(&xt, set, c, &r), self.view(&yt, set, c, &r))).collect();
-        self.forward.extend(batchnorm_train_forward_chunked(self.ctx, &views, &t, c, BN_EPS, BN_MOMENTUM)?);
+        let world = self.sync_bn_world;
+        let (d, sums) = batchnorm_train_forward_synced(self.ctx, &views, &t, c, world, BN_EPS, BN_MOMENTUM)?;
+        let base = self.forward.len();
+        self.forward.extend(d);
+        self.note_host_points(super::Pass::Forward, base, sums);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let (dgamma, dbeta) = (g.params.grad(p.weight), g.params.grad(p.bias));
@@ -202,7 +206,10 @@ impl Graph<'_> {
                 .map(|r| (g.view(&xt, set, c, &r), g.view(&dy, set, c, &r), g.view(&dx, set, c, &r)))
                 .collect();
             let saved = BnSavedTensors { gamma: &gamma, save_mean: &save_mean, save_invstd: &save_invstd };
-            g.backward.extend(batchnorm_backward_chunked(g.ctx, &views, &saved, &dgamma, &dbeta, c, acc)?);
+            let (d, sums) = batchnorm_backward_synced(g.ctx, &views, &saved, &dgamma, &dbeta, c, world, acc)?;
+            let base = g.backward.len();
+            g.backward.extend(d);
+            g.note_host_points(super::Pass::Backward, base, sums);
             Ok(())
         });
         Ok(y)

@@ -11,7 +11,7 @@ use super::resnet::ResNet;
 use super::{declare_bn, declare_conv};
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 use crate::graph::nodes::{BnIds, ConvIds};
-use crate::graph::{Graph, Kind, ParamId, ParamRegistry, ParamStore, Var};
+use crate::graph::{Graph, Kind, ParamId, ParamRegistry, ParamStore, Pass, Var};
 use crate::ops::densify::gather_rows;
 use crate::ops::loss::{LossTensors, masked_patch_loss_chunked};
 use crate::optim::lamb::{Lamb, LambConfig, ParamSegment, no_weight_decay};
@@ -56,6 +56,9 @@ pub struct SparkModel<'c> {
     /// `graph.backward[encoder_backward..]` is the encoder's backward.
     pub encoder_backward: usize,
     drop_path_seed: u64,
+    /// `params.grads[decoder_grad_start..]` are the gradients of the decoder and densify
+    /// stages: final once `graph.backward[..encoder_backward]` has run.
+    decoder_grad_start: usize,
 }
 
 /// Build options beyond the configuration.
@@ -70,15 +73,30 @@ pub struct BuildOptions {
     /// Run every op in chunks of at most this many images (`graph::chunks`), even where
     /// the batch fits the adapter: to test and measure the chunked path.
     pub chunk_images: Option<usize>,
+    /// Data-parallel training (issue 10): BatchNorm statistics over this many ranks
+    /// (0 or 1: this process's batch only).
+    pub sync_bn_world: usize,
+    /// Data-parallel training: this graph's `batch` images start at this position of a
+    /// global batch of the given size `(first, global)` (None: the batch is global).
+    pub shard: Option<(usize, usize)>,
 }
 
-fn declare(reg: &mut ParamRegistry, cfg: &SparkConfig, drop_path_rate: f64) -> (Encoder, Vec<Densify>, LightDecoder) {
+/// The encoder, densify stages and decoder of `cfg`, and how many of the declared
+/// parameters are the encoder's (they come first).
+fn declare(
+    reg: &mut ParamRegistry,
+    cfg: &SparkConfig,
+    drop_path_rate: f64,
+) -> (Encoder, Vec<Densify>, LightDecoder, usize) {
     let encoder = match &cfg.encoder {
         EncoderConfig::Resnet { bottleneck, layers, channels } => {
             Encoder::Resnet(ResNet::declare(reg, *bottleneck, layers, channels, drop_path_rate))
         }
         EncoderConfig::Convnext { depths, dims } => Encoder::Convnext(ConvNeXt::declare(reg, depths, dims, drop_path_rate)),
     };
+    // Everything declared from here on (decoder, densify) lies after the encoder in the
+    // flat buffers: `SparkModel::decoder_grad_start` relies on it.
+    let encoder_specs = reg.specs.len();
     let decoder = LightDecoder::declare(reg, cfg.dec_width);
     let widths = cfg.encoder.feature_widths();
     let mut densify = vec![];
@@ -102,7 +120,7 @@ fn declare(reg: &mut ParamRegistry, cfg: &SparkConfig, drop_path_rate: f64) -> (
         densify.push(Densify { norm, token, proj, dec_width: d });
         d /= 2;
     }
-    (encoder, densify, decoder)
+    (encoder, densify, decoder, encoder_specs)
 }
 
 /// The parameter layout of a configuration (names, shapes, kinds) without a GPU.
@@ -148,11 +166,22 @@ impl<'c> SparkModel<'c> {
         }
         let train = optimizer.is_some();
         let mut reg = ParamRegistry::default();
-        let (encoder, densify, decoder) = declare(&mut reg, &cfg, options.drop_path_rate);
+        let (encoder, densify, decoder, encoder_specs) = declare(&mut reg, &cfg, options.drop_path_rate);
         let store = ParamStore::allocate(ctx, reg);
+        let decoder_grad_start = (encoder_specs..store.specs.len())
+            .map(ParamId)
+            .filter(|&p| store.spec(p).kind == Kind::Trainable)
+            .map(|p| store.offset(p))
+            .min()
+            .unwrap_or(store.grads.len);
         let f = cfg.grid();
         let mut g = Graph::new(ctx, store, batch, f, f, visible_per_image, train);
         g.dense_encoder = options.dense_encoder;
+        g.sync_bn_world = options.sync_bn_world.max(1);
+        if let Some((first, global)) = options.shard {
+            anyhow::ensure!(first + batch <= global, "shard {first}..{} outside the global batch of {global}", first + batch);
+            (g.image_offset, g.global_batch) = (first, global);
+        }
         g.chunk_images = options.chunk_images;
         let size = cfg.input_size;
         let input_set = g.set(size, size, true);
@@ -252,6 +281,7 @@ impl<'c> SparkModel<'c> {
             encoder_forward,
             encoder_backward,
             drop_path_seed: options.seed,
+            decoder_grad_start,
         })
     }
 
@@ -345,6 +375,131 @@ impl<'c> SparkModel<'c> {
         self.graph.set_drop_path_step(self.drop_path_seed, step as u64);
         self.submit_forward_backward();
         self.submit_optimizer(step, lr, weight_decay)
+    }
+
+    /// One data-parallel training step over the ranks of `coll` (issue 10): forward and
+    /// backward, cut at the synchronised BatchNorm's host points; the gradients (and the
+    /// loss) averaged over the ranks in buckets of [`crate::dist::ALLREDUCE_BUCKET_FLOATS`];
+    /// then LAMB, identical on every rank.
+    ///
+    /// Overlap: the decoder's gradients are final once the backward reaches the encoder
+    /// (`encoder_backward`; about half the gradient of SparK-ResNet-50 at decoder width
+    /// 768). Up to [`crate::dist::OVERLAP_BUCKETS`] of their buckets are read back there and
+    /// all-reduced one per encoder backward segment while the GPU runs it (ConvNeXt: the
+    /// whole encoder backward is one segment; synchronised-BN ResNets: one bucket per BN).
+    /// The rest is all-reduced after the backward.
+    ///
+    /// With `measure_wait`, a barrier before every all-reduce separates the time spent
+    /// waiting for slower ranks from the all-reduce itself (`bench`).
+    pub fn train_step_dist(
+        &mut self,
+        coll: &dyn crate::dist::Collective,
+        step: u32,
+        lr: f32,
+        weight_decay: f32,
+        measure_wait: bool,
+    ) -> Result<crate::dist::StepTimes> {
+        use std::time::Instant;
+        let ctx = self.graph.ctx;
+        let mut times = crate::dist::StepTimes::default();
+        let inv = (1.0 / coll.size() as f64) as f32;
+        // One all-reduce of `v` (and the barrier before it in `bench`).
+        let reduce = |v: &mut [f32], times: &mut crate::dist::StepTimes| -> Result<()> {
+            if measure_wait {
+                let w = Instant::now();
+                coll.barrier()?;
+                times.wait_s += w.elapsed().as_secs_f64();
+            }
+            let r = Instant::now();
+            coll.all_reduce_sum(v)?;
+            times.reduce_s += r.elapsed().as_secs_f64();
+            times.reduced_bytes += 4 * v.len() as u64;
+            Ok(())
+        };
+        let grads = self.graph.params.grads.clone();
+        let bucket = crate::dist::ALLREDUCE_BUCKET_FLOATS;
+        let buckets = |range: std::ops::Range<usize>| {
+            let g = grads.clone();
+            range.clone().step_by(bucket).map(move |off| g.slice(off, bucket.min(range.end - off)))
+        };
+        // Gradient buckets read back and waiting for their all-reduce.
+        let mut pending: std::collections::VecDeque<(GpuTensor, Vec<f32>)> = Default::default();
+        let reduce_pending = |pending: &mut std::collections::VecDeque<(GpuTensor, Vec<f32>)>,
+                                  times: &mut crate::dist::StepTimes|
+         -> Result<()> {
+            if let Some((part, mut v)) = pending.pop_front() {
+                reduce(&mut v, times)?;
+                v.iter_mut().for_each(|x| *x *= inv);
+                ctx.write(&part, &v);
+            }
+            Ok(())
+        };
+        let overlap_end =
+            (self.decoder_grad_start + crate::dist::OVERLAP_BUCKETS * bucket).min(grads.len).max(self.decoder_grad_start);
+        // Only when both the decoder's and the encoder's backward are non-empty.
+        let overlap = 0 < self.encoder_backward && self.encoder_backward < self.graph.backward.len();
+        self.graph.set_drop_path_step(self.drop_path_seed, step as u64);
+        let t = Instant::now();
+        for (pass, list) in [(Pass::Forward, &self.graph.forward), (Pass::Backward, &self.graph.backward)] {
+            let mut cuts: Vec<(usize, Option<&crate::graph::HostPoint>)> =
+                self.graph.host_points.iter().filter(|p| p.pass == pass).map(|p| (p.at, Some(p))).collect();
+            if pass == Pass::Backward {
+                // Before the host point at the same index, so that bucket reads come first.
+                let i = cuts.partition_point(|c| c.0 < self.encoder_backward);
+                cuts.insert(i, (self.encoder_backward, None));
+            }
+            cuts.push((list.len(), None));
+            let mut from = 0;
+            for (to, point) in cuts {
+                ctx.submit(&list[from..to]);
+                // A bucket of decoder gradients reduced while the GPU runs this segment.
+                if pass == Pass::Backward && from >= self.encoder_backward {
+                    reduce_pending(&mut pending, &mut times)?;
+                }
+                from = to;
+                match point {
+                    Some(p) => {
+                        let mut v = ctx.read_f32(&p.sum.sums)?;
+                        reduce(&mut v, &mut times)?;
+                        if p.sum.scale != 1.0 {
+                            v.iter_mut().for_each(|x| *x *= p.sum.scale);
+                        }
+                        ctx.write(&p.sum.sums, &v);
+                    }
+                    None if pass == Pass::Backward && to == self.encoder_backward && overlap => {
+                        for part in buckets(self.decoder_grad_start..overlap_end) {
+                            let v = ctx.read_f32(&part)?;
+                            pending.push_back((part, v));
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+        if self.graph.train {
+            self.graph.count_bn_forward();
+        }
+        while !pending.is_empty() {
+            reduce_pending(&mut pending, &mut times)?;
+        }
+        ctx.wait()?;
+        times.compute_s = t.elapsed().as_secs_f64() - times.reduce_s - times.wait_s;
+        let overlapped = if overlap { self.decoder_grad_start..overlap_end } else { 0..0 };
+        for range in [0..overlapped.start, overlapped.end..grads.len] {
+            for part in buckets(range) {
+                let mut v = ctx.read_f32(&part)?;
+                reduce(&mut v, &mut times)?;
+                v.iter_mut().for_each(|x| *x *= inv);
+                ctx.write(&part, &v);
+            }
+        }
+        // The loss every rank logs: the mean of the ranks' losses (each the mean over an
+        // equal share of the masked patches) is the global batch's loss.
+        let mut loss = ctx.read_f32(&self.loss)?;
+        reduce(&mut loss, &mut times)?;
+        ctx.write(&self.loss, &[loss[0] * inv]);
+        self.submit_optimizer(step, lr, weight_decay)?;
+        Ok(times)
     }
 
     /// The loss of the last submitted forward (blocking read).

@@ -116,11 +116,42 @@ pub fn batchnorm_train_forward_chunked(
     eps: f32,
     momentum: f32,
 ) -> Result<Vec<Dispatch>> {
+    Ok(batchnorm_train_forward_synced(ctx, chunks, t, c, 1, eps, momentum)?.0)
+}
+
+/// A point where a synchronised BatchNorm needs the host: after the first `after`
+/// dispatches of the op, `sums` (per-split, per-channel partial sums, the same layout
+/// on every rank because every rank has the same rows and chunks) must hold the
+/// element-wise sum over all ranks, times `scale`, before the remaining dispatches run.
+#[derive(Clone, Debug)]
+pub struct HostSum {
+    pub after: usize,
+    pub sums: GpuTensor,
+    pub scale: f32,
+}
+
+/// [`batchnorm_train_forward_chunked`] over the rows of `world` ranks together
+/// (synchronised BatchNorm, issue 10): each rank holds its chunks' rows of `world` times
+/// as many. The partial sums of both statistics passes are summed across ranks by the
+/// host between dispatches (the returned [`HostSum`]s), and the kernels divide by the
+/// global row count, so the statistics are those of one process holding every row, up
+/// to the order of the fp32 additions. `world = 1`: no host points, the plain op.
+pub fn batchnorm_train_forward_synced(
+    ctx: &GpuContext,
+    chunks: &[(GpuTensor, GpuTensor)],
+    t: &BnTensors,
+    c: usize,
+    world: usize,
+    eps: f32,
+    momentum: f32,
+) -> Result<(Vec<Dispatch>, Vec<HostSum>)> {
     let op = "batchnorm_train_forward";
     ensure!(!chunks.is_empty(), "{op}: no rows");
+    ensure!(world >= 1, "{op}: world size 0");
     let chunk_rows: Vec<usize> = chunks.iter().map(|(x, y)| chunk_rows(op, &[x, y], c)).collect::<Result<_>>()?;
-    let rows: usize = chunk_rows.iter().sum();
-    if rows < 2 {
+    let local_rows: usize = chunk_rows.iter().sum();
+    let rows = local_rows * world;
+    if local_rows == 0 || rows < 2 {
         bail!("{op}: training-mode BatchNorm needs more than 1 value per channel (got {rows} rows of {c} channels); PyTorch raises here too");
     }
     for (w, v) in [("gamma", t.gamma), ("beta", t.beta), ("running_mean", t.running_mean), ("running_var", t.running_var), ("save_mean", t.save_mean), ("save_invstd", t.save_invstd)] {
@@ -146,11 +177,15 @@ pub fn batchnorm_train_forward_chunked(
     };
     let bind = |x: &GpuTensor| [x, &psum, &psq, t.save_mean, t.save_invstd, t.running_mean, t.running_var].map(|v| v.clone());
     let mut out = vec![];
+    let mut syncs = vec![];
     // Every chunk's sums before any centred pass: the mean is over all of them.
-    for entry in ["sums", "centred"] {
+    for (entry, sums) in [("sums", &psum), ("centred", &psq)] {
         let k = ctx.kernel_entry("batchnorm_stats", entry)?;
         for (i, (x, _)) in chunks.iter().enumerate() {
             out.push(ctx.dispatch(&k, &params(i), &bind(x).each_ref(), (plans[i].0 * c) as u64));
+        }
+        if world > 1 {
+            syncs.push(HostSum { after: out.len(), sums: sums.clone(), scale: 1.0 });
         }
     }
     let k = ctx.kernel_entry("batchnorm_stats", "finalize")?;
@@ -160,7 +195,7 @@ pub fn batchnorm_train_forward_chunked(
         let a = ApplyParams { n: (chunk_rows[i] * c) as u32, c: c as u32, from_var: 0, eps };
         out.push(ctx.dispatch(&k, &a, &[x, t.gamma, t.beta, t.save_mean, t.save_invstd, y], (chunk_rows[i] * c) as u64));
     }
-    Ok(out)
+    Ok((out, syncs))
 }
 
 /// Eval-mode forward with the running statistics: `y = (x − rm)/sqrt(rv + eps)·γ + β`.
@@ -234,7 +269,29 @@ pub fn batchnorm_backward_chunked(
     c: usize,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
+    Ok(batchnorm_backward_synced(ctx, chunks, saved, dgamma, dbeta, c, 1, accumulate)?.0)
+}
+
+/// [`batchnorm_backward_chunked`] of a synchronised BatchNorm over `world` ranks. Each
+/// rank's loss is the mean over its own share, so its `dy` is `world` times that of the
+/// global loss: the host sums the per-channel partials `Σdy`, `Σdy·(x−mean)` over the
+/// ranks and scales them by `1/world` (exact for a power of two), which makes
+/// `dgamma`/`dbeta` the global gradient on every rank (the gradient all-reduce then
+/// averages identical values) and `dx` `world` times the global one, like every other
+/// gradient of the rank.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward_synced(
+    ctx: &GpuContext,
+    chunks: &[(GpuTensor, GpuTensor, GpuTensor)],
+    saved: &BnSavedTensors,
+    dgamma: &GpuTensor,
+    dbeta: &GpuTensor,
+    c: usize,
+    world: usize,
+    accumulate: bool,
+) -> Result<(Vec<Dispatch>, Vec<HostSum>)> {
     let op = "batchnorm_backward";
+    ensure!(world >= 1, "{op}: world size 0");
     ensure!(!chunks.is_empty(), "{op}: no rows");
     let chunk_rows: Vec<usize> = chunks.iter().map(|(x, dy, dx)| chunk_rows(op, &[x, dy, dx], c)).collect::<Result<_>>()?;
     let rows: usize = chunk_rows.iter().sum();
@@ -265,12 +322,16 @@ pub fn batchnorm_backward_chunked(
     for (i, ch) in chunks.iter().enumerate() {
         out.push(ctx.dispatch(&partials, &params(i), &bind(ch).each_ref(), (plans[i].0 * c) as u64));
     }
+    let syncs = match world {
+        1 => vec![],
+        _ => vec![HostSum { after: out.len(), sums: parts.clone(), scale: (1.0 / world as f64) as f32 }],
+    };
     out.push(ctx.dispatch(&k("finalize")?, &params(0), &bind(&chunks[0]).each_ref(), c as u64));
     let input_grad = k("input_grad")?;
     for (i, ch) in chunks.iter().enumerate() {
         out.push(ctx.dispatch(&input_grad, &params(i), &bind(ch).each_ref(), (chunk_rows[i] * c) as u64));
     }
-    Ok(out)
+    Ok((out, syncs))
 }
 
 /// Batch statistics of a training-mode forward (f64 reference).

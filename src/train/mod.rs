@@ -54,6 +54,10 @@ pub struct PretrainConfig {
     /// Write TensorBoard scalars to `tb/` (on unless `--no-tensorboard`).
     #[serde(default = "default_true")]
     pub tensorboard: bool,
+    /// Data-parallel runs: BatchNorm statistics over every rank's share of the batch, as
+    /// the official recipe does whenever more than one process runs (`--no-sync-bn`: off).
+    #[serde(default = "default_true")]
+    pub sync_bn: bool,
 }
 
 fn default_true() -> bool {
@@ -142,10 +146,29 @@ pub fn pretrain(
     stop: Arc<AtomicBool>,
     progress: bool,
 ) -> Result<RunSummary> {
+    pretrain_dist(ctx, cfg, run_dir, resume, stop, progress, &crate::dist::Solo)
+}
+
+/// [`pretrain`] as one rank of a data-parallel world (issue 10): this rank trains on its
+/// share of every global batch of `cfg.batch`; gradients, the loss, the stop flag and
+/// (with `cfg.sync_bn`) the BatchNorm statistics are combined over `coll`; only the root
+/// rank writes the run directory.
+pub fn pretrain_dist(
+    ctx: &GpuContext,
+    cfg: &PretrainConfig,
+    run_dir: &Path,
+    resume: bool,
+    stop: Arc<AtomicBool>,
+    progress: bool,
+    coll: &dyn crate::dist::Collective,
+) -> Result<RunSummary> {
     cfg.validate()?;
+    let (world, root) = (coll.size(), coll.is_root());
+    let share = crate::dist::shard(cfg.batch, coll.rank(), world)?;
+    let local_batch = share.len();
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
     let source = open_source(cfg)?;
-    let mut loader = Loader::new(
+    let mut loader = Loader::new_shard(
         source.clone(),
         LoaderConfig {
             batch: cfg.batch,
@@ -155,6 +178,7 @@ pub fn pretrain(
             workers: cfg.workers,
             prefetch: 4,
         },
+        share.clone(),
     )?;
     // The loader's messages carry their own "warning:".
     loader.on_skip(|msg| eprintln!("{msg}"));
@@ -167,18 +191,25 @@ pub fn pretrain(
     let warmup_it = (cfg.warmup_epochs * spe as f64).round() as usize;
     let peak = peak_lr(cfg.base_lr, cfg.batch);
 
-    let options =
-        crate::model::spark::BuildOptions { drop_path_rate: cfg.drop_path, seed: cfg.seed, ..Default::default() };
+    let options = crate::model::spark::BuildOptions {
+        drop_path_rate: cfg.drop_path,
+        seed: cfg.seed,
+        sync_bn_world: if cfg.sync_bn { world } else { 1 },
+        shard: Some((share.start, cfg.batch)),
+        ..Default::default()
+    };
     let visible = cfg.spark.visible_per_image();
-    let mut model = SparkModel::build_full(ctx, cfg.spark.clone(), cfg.batch, Some(cfg.lamb()), visible, options)?;
+    let mut model = SparkModel::build_full(ctx, cfg.spark.clone(), local_batch, Some(cfg.lamb()), visible, options)?;
     ctx.check("building the training graph")?;
     let ckpt_path = run_dir.join(CHECKPOINT_FILE);
-    if resume {
+    if resume && root {
         recover_checkpoint(&ckpt_path)?;
     }
+    // The other ranks read the checkpoint once the root has recovered it.
+    coll.barrier()?;
     // Temporaries of writes a kill interrupted (a checkpoint's is as large as the
     // checkpoint): nothing else writes this run directory, so they are garbage now.
-    for f in [CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, CURVE_FILE] {
+    for f in [CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, CURVE_FILE].into_iter().filter(|_| root) {
         let freed = crate::io::atomic::remove_stale_temps(&run_dir.join(f));
         if freed > 0 {
             eprintln!("removed {:.1} MiB of temporary files an interrupted write of {f} left", freed as f64 / (1 << 20) as f64);
@@ -201,9 +232,19 @@ pub fn pretrain(
             .get("next_step")
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("{}: no next_step in the metadata", ckpt_path.display()))?;
+        let saved_world: usize = meta.get(WORLD_META).and_then(|s| s.parse().ok()).unwrap_or(1);
+        if saved_world != world && root {
+            eprintln!(
+                "note: {} was written by {saved_world} rank(s) and is resumed by {world}: the run continues \
+                 correctly, but its sums run in another order, so it will not be bit-identical to an uninterrupted run",
+                ckpt_path.display()
+            );
+        }
         // Log lines are written before the checkpoint that covers them: drop those of
         // steps the checkpoint does not hold, or the resumed run would log them twice.
-        truncate_log(&run_dir.join(LOG_FILE), start)?;
+        if root {
+            truncate_log(&run_dir.join(LOG_FILE), start)?;
+        }
         if start >= total {
             bail!(
                 "nothing to do: {} is at step {start} and the run ends at step {total} \
@@ -231,24 +272,39 @@ pub fn pretrain(
                 if r.unexpected.is_empty() { String::new() } else { format!(", {} in the file unused", r.unexpected.len()) }
             );
         }
-        write_run_config(run_dir, cfg)?;
+        if root {
+            write_run_config(run_dir, cfg)?;
+        }
     }
-    eprintln!(
-        "{} on {}: {} steps ({} per epoch), batch {}, peak lr {peak:.2e}, {} dispatches per step, {:.1} MiB of GPU buffers",
-        cfg.model,
-        ctx.info.name,
-        total,
-        spe,
-        cfg.batch,
-        model.dispatch_count(),
-        model.graph.gpu_memory_bytes() as f64 / (1 << 20) as f64
-    );
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join(LOG_FILE))
-        .context("opening log.jsonl")?;
-    let bar = if progress { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
+    if root {
+        eprintln!(
+            "{} on {}: {} steps ({} per epoch), batch {}{}, peak lr {peak:.2e}, {} dispatches per step, {:.1} MiB of GPU buffers",
+            cfg.model,
+            ctx.info.name,
+            total,
+            spe,
+            cfg.batch,
+            if world > 1 {
+                format!(" ({world} ranks × {local_batch}, BatchNorm {})", if cfg.sync_bn { "synchronised" } else { "per rank" })
+            } else {
+                String::new()
+            },
+            model.dispatch_count(),
+            model.graph.gpu_memory_bytes() as f64 / (1 << 20) as f64
+        );
+    }
+    // Only the root writes the run directory; the other ranks keep no log.
+    let mut log = match root {
+        true => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run_dir.join(LOG_FILE))
+                .context("opening log.jsonl")?,
+        ),
+        false => None,
+    };
+    let bar = if progress && root { indicatif::ProgressBar::new(total as u64) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}")
             .unwrap(),
@@ -259,9 +315,9 @@ pub fn pretrain(
     let mut ring = LossRing::new(ctx, 4);
     let grad_norm = model.optimizer.as_ref().map(|o| o.grad_norm());
     let tb_dir = run_dir.join(tensorboard::TB_DIR);
-    let mut tb = if cfg.tensorboard { Some(tensorboard::EventWriter::create(&tb_dir)?) } else { None };
+    let mut tb = if cfg.tensorboard && root { Some(tensorboard::EventWriter::create(&tb_dir)?) } else { None };
     let mut viz = match cfg.viz_every {
-        Some(n) if n > 0 => Some((n, viz::Viz::new(ctx, cfg, source.as_ref(), run_dir)?)),
+        Some(n) if n > 0 && root => Some((n, viz::Viz::new(ctx, cfg, source.as_ref(), run_dir)?)),
         _ => None,
     };
     let mut last_viz: Option<PathBuf> = None;
@@ -274,7 +330,7 @@ pub fn pretrain(
     let mut interrupted = false;
     let mut step = start;
     let mut last_ckpt = start;
-    let record = |log: &mut std::fs::File,
+    let record = |log: &mut Option<std::fs::File>,
                       tb: &mut Option<tensorboard::EventWriter>,
                       losses: &mut Vec<plot::StepRecord>,
                       done: &[(usize, f32, f32)],
@@ -284,10 +340,13 @@ pub fn pretrain(
         for &(s, l, gn) in done {
             let (lr, wd) = sched.get(&s).copied().unwrap_or((0.0, 0.0));
             let ips = ((s + 1 - start) * cfg.batch) as f64 / t0.elapsed().as_secs_f64();
-            write_json_line(
-                log,
-                serde_json::json!({"step": s, "epoch": s / spe, "loss": l, "lr": lr, "wd": wd, "images_per_s": ips, "elapsed_s": t0.elapsed().as_secs_f64()}),
-            )?;
+            if let Some(log) = log {
+                write_json_line(
+                    log,
+                    serde_json::json!({"step": s, "epoch": s / spe, "loss": l, "lr": lr, "wd": wd, "images_per_s": ips,
+                        "world_size": world, "images_per_s_per_rank": ips / world as f64, "elapsed_s": t0.elapsed().as_secs_f64()}),
+                )?;
+            }
             if let Some(tb) = tb {
                 tb.scalars(
                     s,
@@ -315,20 +374,29 @@ pub fn pretrain(
         }
         Ok(())
     };
+    let mut split = crate::dist::StepTimes::default();
     while step < total {
-        if stop.load(Ordering::SeqCst) {
+        // Ctrl-C on any rank stops every rank after the same step.
+        if coll.any(stop.load(Ordering::SeqCst))? {
             interrupted = true;
             break;
         }
         let batch = loader.next_batch()?;
-        let mask = PatchMask::new(cfg.batch, f, f, batch.visible.clone());
+        let mask = PatchMask::new(local_batch, f, f, batch.visible.clone());
         model.set_batch(&batch.images, &mask)?;
         let (lr, wd) = lr_wd_at(peak, cfg.weight_decay, cfg.weight_decay_end, step, warmup_it, schedule_len);
         sched.insert(step, (lr, wd));
-        model.train_step(step as u32 + 1, lr as f32, wd as f32)?;
+        if world > 1 {
+            split += model.train_step_dist(coll, step as u32 + 1, lr as f32, wd as f32, false)?;
+        } else {
+            model.train_step(step as u32 + 1, lr as f32, wd as f32)?;
+        }
         ring.push(ctx, step, &model.loss, grad_norm.as_ref(), &mut pending)?;
         ctx.check(&format!("training step {step}"))?;
-        pending.extend(ring.ready(ctx)?);
+        // Every rank must judge each step's (global) loss at the same step, or one rank
+        // would stop on a NaN while the others wait for it: with several ranks the step
+        // is synchronous anyway, so collect its loss now.
+        pending.extend(if world > 1 { ring.drain(ctx)? } else { ring.ready(ctx)? });
         pending.sort_by_key(|p| p.0);
         record(&mut log, &mut tb, &mut losses, &pending, &sched, &bar)?;
         pending.clear();
@@ -338,7 +406,9 @@ pub fn pretrain(
             // Never checkpoint past a non-finite loss: collect every loss first.
             let done = ring.drain(ctx)?;
             record(&mut log, &mut tb, &mut losses, &done, &sched, &bar)?;
-            save_checkpoint(&model, &ckpt_path, cfg, step)?;
+            if root {
+                save_checkpoint(&model, &ckpt_path, cfg, step, world)?;
+            }
             last_ckpt = step;
         }
         if let Some((n, v)) = viz.as_mut()
@@ -353,10 +423,24 @@ pub fn pretrain(
     }
     let done = ring.drain(ctx)?;
     record(&mut log, &mut tb, &mut losses, &done, &sched, &bar)?;
-    if step != last_ckpt {
-        save_checkpoint(&model, &ckpt_path, cfg, step)?;
+    if step != last_ckpt && root {
+        save_checkpoint(&model, &ckpt_path, cfg, step, world)?;
     }
     bar.finish_and_clear();
+    if world > 1 && step > start {
+        let n = (step - start) as f64;
+        eprintln!(
+            "rank {} of {world}: {:.1} img/s on this rank; per step {:.0} ms compute, {:.0} ms all-reduce and waiting ({:.1} MiB summed)",
+            coll.rank(),
+            ((step - start) * local_batch) as f64 / t0.elapsed().as_secs_f64(),
+            split.compute_s / n * 1e3,
+            split.reduce_s / n * 1e3,
+            split.reduced_bytes as f64 / n / (1 << 20) as f64
+        );
+    }
+    // The root writes the checkpoint: the others must not return (and exit) before it
+    // is on disk, or a launcher could end the job while it is written.
+    coll.barrier()?;
     if loader.skipped_images() > 0 {
         eprintln!("{} unreadable images were skipped", loader.skipped_images());
     }
@@ -369,7 +453,9 @@ pub fn pretrain(
         );
     }
     losses.sort_by_key(|p| p.step);
-    plot::write_loss_curve(&run_dir.join(CURVE_FILE), &losses, CURVE_SIZE.0, CURVE_SIZE.1)?;
+    if root {
+        plot::write_loss_curve(&run_dir.join(CURVE_FILE), &losses, CURVE_SIZE.0, CURVE_SIZE.1)?;
+    }
     let mut outputs = vec![
         ("config", run_dir.join(CONFIG_FILE)),
         ("log", run_dir.join(LOG_FILE)),
@@ -397,8 +483,10 @@ pub fn pretrain(
 
 /// Checkpoint metadata key of the kernel family the run trains with.
 const KERNELS_META: &str = "kernels";
+/// Checkpoint metadata key of the number of ranks that trained the run.
+const WORLD_META: &str = "world_size";
 
-fn save_checkpoint(model: &SparkModel, path: &Path, cfg: &PretrainConfig, next_step: usize) -> Result<()> {
+fn save_checkpoint(model: &SparkModel, path: &Path, cfg: &PretrainConfig, next_step: usize, world: usize) -> Result<()> {
     let mut meta = HashMap::new();
     meta.insert("spark_wgpu_config".to_string(), serde_json::to_string(cfg)?);
     meta.insert("next_step".to_string(), next_step.to_string());
@@ -406,6 +494,8 @@ fn save_checkpoint(model: &SparkModel, path: &Path, cfg: &PretrainConfig, next_s
     // The kernel family fixes every summation order of the step (tiles, split-K counts
     // follow from it and the shapes): resume must replay it to stay bit-identical.
     meta.insert(KERNELS_META.to_string(), model.ctx().kernel_set.name().to_string());
+    // The rank count fixes the order of the cross-rank sums, like the kernel family.
+    meta.insert(WORLD_META.to_string(), world.to_string());
     checkpoint::save(model, path, &meta)
 }
 

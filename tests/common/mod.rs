@@ -27,5 +27,6 @@ pub fn tiny_pretrain_config(max_steps: usize) -> PretrainConfig {
         drop_path: 0.1,
         viz_every: None,
         tensorboard: false,
+        sync_bn: true,
     }
 }
