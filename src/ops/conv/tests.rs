@@ -392,3 +392,25 @@ fn cpu_backward_matches_finite_differences() {
         check_numeric(&geo, &mask);
     }
 }
+
+/// The layers of convnext_pico and the decoder at the sizes of a 64² run of 2 images
+/// (the per-rank shapes of a 2-rank run at global batch 4), where the kernel choice
+/// follows the real row counts rather than the tiny ones above.
+#[test]
+fn real_sized_layers_match_cpu() {
+    let ctx = GpuContext::new_default().unwrap();
+    let mask = random_patch_mask(21, BATCH, 2, 2, 0.5);
+    let cases = [
+        (Geo { name: "convnext stem 64² 4x4/4", win: Window::new(4, 4, 0), transposed: false, h_in: 64, dense: false }, 3, 16),
+        (Geo { name: "convnext down 16² 2x2/2", win: Window::new(2, 2, 0), transposed: false, h_in: 16, dense: false }, 16, 32),
+        (Geo { name: "pointwise 16²", win: Window::new(1, 1, 0), transposed: false, h_in: 16, dense: false }, 16, 64),
+        (Geo { name: "pointwise back 16²", win: Window::new(1, 1, 0), transposed: false, h_in: 16, dense: false }, 64, 16),
+        (Geo { name: "dense 3x3 32²", win: Window::new(3, 1, 1), transposed: false, h_in: 32, dense: true }, 4, 4),
+        (Geo { name: "dense 3x3 64²", win: Window::new(3, 1, 1), transposed: false, h_in: 64, dense: true }, 2, 2),
+        (Geo { name: "dense transposed 32²→64²", win: Window::new(4, 2, 1), transposed: true, h_in: 32, dense: true }, 2, 2),
+        (Geo { name: "dense 1x1 64² proj", win: Window::new(1, 1, 0), transposed: false, h_in: 64, dense: true }, 1, 3),
+    ];
+    for (i, (geo, cin, cout)) in cases.iter().enumerate() {
+        check_case(&ctx, geo, &mask, *cin, *cout, true, false, 50 + i as u64, geo.name);
+    }
+}
