@@ -409,8 +409,24 @@ fn real_sized_layers_match_cpu() {
         (Geo { name: "dense 3x3 64²", win: Window::new(3, 1, 1), transposed: false, h_in: 64, dense: true }, 2, 2),
         (Geo { name: "dense transposed 32²→64²", win: Window::new(4, 2, 1), transposed: true, h_in: 32, dense: true }, 2, 2),
         (Geo { name: "dense 1x1 64² proj", win: Window::new(1, 1, 0), transposed: false, h_in: 64, dense: true }, 1, 3),
+        (Geo { name: "pointwise 8²", win: Window::new(1, 1, 0), transposed: false, h_in: 8, dense: false }, 32, 128),
+        (Geo { name: "pointwise back 8²", win: Window::new(1, 1, 0), transposed: false, h_in: 8, dense: false }, 128, 32),
+        (Geo { name: "pointwise 4²", win: Window::new(1, 1, 0), transposed: false, h_in: 4, dense: false }, 64, 256),
+        (Geo { name: "pointwise back 4²", win: Window::new(1, 1, 0), transposed: false, h_in: 4, dense: false }, 256, 64),
+        (Geo { name: "pointwise 2²", win: Window::new(1, 1, 0), transposed: false, h_in: 2, dense: false }, 128, 512),
+        (Geo { name: "pointwise back 2²", win: Window::new(1, 1, 0), transposed: false, h_in: 2, dense: false }, 512, 128),
+        (Geo { name: "convnext down 8² 2x2/2", win: Window::new(2, 2, 0), transposed: false, h_in: 8, dense: false }, 32, 64),
+        (Geo { name: "convnext down 4² 2x2/2", win: Window::new(2, 2, 0), transposed: false, h_in: 4, dense: false }, 64, 128),
+        (Geo { name: "dense 3x3 2²", win: Window::new(3, 1, 1), transposed: false, h_in: 2, dense: true }, 32, 32),
+        (Geo { name: "dense transposed 2²→4²", win: Window::new(4, 2, 1), transposed: true, h_in: 2, dense: true }, 32, 32),
+        (Geo { name: "dense 3x3 8²", win: Window::new(3, 1, 1), transposed: false, h_in: 8, dense: true }, 8, 8),
+        (Geo { name: "dense 3x3 16²", win: Window::new(3, 1, 1), transposed: false, h_in: 16, dense: true }, 4, 4),
+        (Geo { name: "densify proj 2²", win: Window::new(1, 1, 0), transposed: false, h_in: 2, dense: true }, 128, 32),
+        (Geo { name: "densify proj 16²", win: Window::new(3, 1, 1), transposed: false, h_in: 16, dense: true }, 16, 4),
     ];
     for (i, (geo, cin, cout)) in cases.iter().enumerate() {
-        check_case(&ctx, geo, &mask, *cin, *cout, true, false, 50 + i as u64, geo.name);
+        for acc in [false, true] {
+            check_case(&ctx, geo, &mask, *cin, *cout, true, acc, 50 + i as u64, &format!("{} accumulate {acc}", geo.name));
+        }
     }
 }
