@@ -402,7 +402,7 @@ pub fn pretrain_dist(
         pending.clear();
         step += 1;
         bar.set_position(step as u64);
-        if step % save_every == 0 || step == total {
+        if step.is_multiple_of(save_every) || step == total {
             // Never checkpoint past a non-finite loss: collect every loss first.
             let done = ring.drain(ctx)?;
             record(&mut log, &mut tb, &mut losses, &done, &sched, &bar)?;
