@@ -76,15 +76,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
         return run_dist(gpu, a, world);
     }
     let ctx = gpu.open()?;
-    let encoder = EncoderConfig::preset(&a.model)?;
-    let cfg = SparkConfig {
-        densify_norm: encoder.default_densify_norm(),
-        encoder: encoder.clone(),
-        input_size: a.input_size,
-        dec_width: a.dec_width,
-        mask_ratio: a.mask_ratio,
-    };
-    cfg.validate()?;
+    let (encoder, cfg) = spark_config(a)?;
     let lamb = LambConfig { beta1: 0.9, beta2: encoder.default_beta2() as f32, eps: 1e-6, max_grad_norm: 5.0 };
     let t_build = Instant::now();
     let opts = BuildOptions {
@@ -227,10 +219,8 @@ fn time_allreduce(world: &dyn crate::dist::Collective, floats: usize, reps: usiz
     Ok(out)
 }
 
-/// `bench` under MPI (issue 10): the data-parallel step split into compute, all-reduce
-/// and waiting for the slowest rank, per rank, and the all-reduce bandwidth over the
-/// model's gradient size. `--batch` is the global batch, as in `pretrain`.
-fn run_dist(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) -> Result<()> {
+/// The preset's encoder and the benchmark's SparK configuration, validated.
+fn spark_config(a: &BenchArgs) -> Result<(EncoderConfig, SparkConfig)> {
     let encoder = EncoderConfig::preset(&a.model)?;
     let cfg = SparkConfig {
         densify_norm: encoder.default_densify_norm(),
@@ -240,6 +230,14 @@ fn run_dist(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) -
         mask_ratio: a.mask_ratio,
     };
     cfg.validate()?;
+    Ok((encoder, cfg))
+}
+
+/// `bench` under MPI (issue 10): the data-parallel step split into compute, all-reduce
+/// and waiting for the slowest rank, per rank, and the all-reduce bandwidth over the
+/// model's gradient size. `--batch` is the global batch, as in `pretrain`.
+fn run_dist(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) -> Result<()> {
+    let (encoder, cfg) = spark_config(a)?;
     let n = world.size();
     let grad_floats: usize = crate::model::spark::parameter_specs(&cfg)
         .iter()

@@ -333,6 +333,11 @@ impl<'c> Graph<'c> {
             }
             self.prologue.extend(d);
             (map, inv)
+        } else if self.ctx.is_dry_run() {
+            // Sizing only: the maps' lengths, not their contents (computing them on the host
+            // took most of a large batch's dry run).
+            let taps = win.taps();
+            (self.ctx.zeros(b.rows * taps), self.ctx.zeros(a.rows * taps))
         } else {
             let (from_set, to_set) = (self.active_set(from), self.active_set(to));
             let (map, inv) = Self::compute_maps(&from_set, &to_set, win, transposed, ch);
