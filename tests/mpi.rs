@@ -72,13 +72,13 @@ fn check(o: Output, what: &str) -> Output {
 /// initialisation in a few steps; drop-path on, so its per-image draws must follow the
 /// global batch too.
 fn run_args<'a>(model: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
-    run_args_dp(model, out, steps, "0.1")
+    run_args_seeded(model, out, steps, "3")
 }
 
-fn run_args_dp<'a>(model: &'a str, out: &'a str, steps: &'a str, drop_path: &'a str) -> Vec<&'a str> {
+fn run_args_seeded<'a>(model: &'a str, out: &'a str, steps: &'a str, seed: &'a str) -> Vec<&'a str> {
     vec![
         "pretrain", "--model", model, "--input-size", "64", "--batch", "4", "--dec-width", "32", "--procedural-images", "16",
-        "--max-steps", steps, "--base-lr", "0.05", "--warmup-epochs", "0", "--drop-path", drop_path, "--seed", "3",
+        "--max-steps", steps, "--base-lr", "0.05", "--warmup-epochs", "0", "--drop-path", "0.1", "--seed", seed,
         "--workers", "1", "--quiet", "--no-tensorboard", "--out", out,
     ]
 }
@@ -132,13 +132,13 @@ fn worst_difference(a: &TensorMap, b: &TensorMap) -> (f64, String) {
 /// averaged) is ≥ 1e-2.
 const FP32_TOLERANCE: f64 = 1e-3;
 
-fn two_ranks_equal_one_process(model: &str, drop_path: &str) {
+fn two_ranks_equal_one_process(model: &str, seed: &str) {
     let Some(_serial) = open_mpi() else { return };
     let t = tempfile::tempdir().unwrap();
     let (one, two, nosync) = (t.path().join("one"), t.path().join("two"), t.path().join("nosync"));
     let (one, two, nosync) = (one.to_str().unwrap(), two.to_str().unwrap(), nosync.to_str().unwrap());
-    check(Command::new(BIN).args(run_args_dp(model, one, "4", drop_path)).output().unwrap(), "one process");
-    let o = check(mpirun(2, &run_args_dp(model, two, "4", drop_path)).output().unwrap(), "mpirun -np 2");
+    check(Command::new(BIN).args(run_args_seeded(model, one, "4", seed)).output().unwrap(), "one process");
+    let o = check(mpirun(2, &run_args_seeded(model, two, "4", seed)).output().unwrap(), "mpirun -np 2");
     let err = String::from_utf8_lossy(&o.stderr);
     for r in 0..2 {
         assert!(err.contains(&format!("rank {r} of 2 (node-local {r}")), "rank {r} did not name its adapter:\n{err}");
@@ -153,7 +153,7 @@ fn two_ranks_equal_one_process(model: &str, drop_path: &str) {
     assert_eq!(log.lines().count(), 4, "{log}");
     assert!(log.contains("\"world_size\":2") && log.contains("images_per_s_per_rank"), "{log}");
     // The comparison can fail: BatchNorm over each rank's half of the batch is another model.
-    let mut args = run_args_dp(model, nosync, "4", drop_path);
+    let mut args = run_args_seeded(model, nosync, "4", seed);
     args.push("--no-sync-bn");
     check(mpirun(2, &args).output().unwrap(), "mpirun -np 2 --no-sync-bn");
     let (unsynced, name) = worst_difference(&checkpoint(Path::new(nosync)), &b);
@@ -161,26 +161,30 @@ fn two_ranks_equal_one_process(model: &str, drop_path: &str) {
     assert!(unsynced > 100.0 * FP32_TOLERANCE, "{model}: --no-sync-bn should differ from one process, differs by {unsynced:.2e}");
 }
 
+// The seed of each model's case is one whose 4 steps cross no ReLU6 kink within fp32
+// rounding. Such a crossing is not a data-parallel error, and one process shows it too
+// under any reordering of its sums: the official code under DDP has it as well.
+// Measured on convnext_pico, 2 ranks vs 1 process, 64², batch 4, drop-path 0.1, 2 steps:
+// - Seeds 1, 2 and 4–7 agree to ≤ 1.7e-4 with either kernel family.
+// - Seed 3 with the CPU family departs by 0.49. It comes from one value at step 1: the
+//   input of dense_decoder.dec.3.conv.2 (ReLU6), image 2, site 932, channel 1, is
+//   −5.3e-7 in one process and +9.6e-8 on 2 ranks. The largest forward difference of
+//   that tensor is 5.2e-6, so this is rounding, and it decides whether that site passes
+//   its gradient.
+// - That site changes Σdy of dec.3.conv.1's bias by 6 % (the sum nearly cancels). Every
+//   gradient below it moves 2–3 %, and LAMB's 1/(√v + eps) with |g| ≪ eps carries that
+//   into the parameters.
+// - Seed 4 does the same at 4 steps, with the GPU family this time (0.14).
+// At 4 steps, seed 5: 2.9e-5 (CPU family) and 1.9e-5 (GPU family).
+
 #[test]
 fn resnet_two_ranks_equal_one_process() {
-    two_ranks_equal_one_process("resnet_tiny", "0.1");
+    two_ranks_equal_one_process("resnet_tiny", "3");
 }
 
 #[test]
 fn convnext_two_ranks_equal_one_process() {
-    // Without drop-path. With --drop-path 0.1 and the CPU conv-kernel family, this 2-rank
-    // run departs from one process at step 2 in one BatchNorm's bias gradient
-    // (dense_decoder.dec.3.conv.1: Σdy off, Σdy·x̂ exact, i.e. a per-channel offset in the
-    // incoming gradient), while the same 2-rank run with --kernels gpu, 4 ranks × 1
-    // image, and global batch 8 on 1, 2 or 4 ranks all agree with one process to ≤ 4e-5,
-    // and one process resumed from the 2-rank state agrees too. Not the data-parallel
-    // path. The signature fits a ReLU6 kink flip (as issue 8's resnet_bottleneck_tiny
-    // case): that BN feeds ReLU6, its bias is still ≈ 0 at step 2, so an input at the
-    // kink (y ≈ 0) has x̂ ≈ 0 and a flipped pass changes Σdy but not Σdy·x̂; masked
-    // regions, all mask token, give many equal values that flip together (a per-channel
-    // offset). CPU-family kernels on 2-image chunks agree with 5-image runs to 6e-8
-    // (tests/training.rs). Open: issue 10 closing note.
-    two_ranks_equal_one_process("convnext_pico", "0");
+    two_ranks_equal_one_process("convnext_pico", "5");
 }
 
 /// Stopped after 3 steps (mid-epoch) and resumed to 6 (into the next epoch): every
