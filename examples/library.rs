@@ -33,6 +33,6 @@ fn main() -> anyhow::Result<()> {
         // A blocking read for the example; `spark-wgpu pretrain` reads losses asynchronously.
         println!("step {step:>2}: loss {:.4}", model.read_loss()?);
     }
-    println!("{} dispatches per step, {:.1} MiB of GPU buffers", model.dispatch_count(), model.graph.gpu_memory_bytes() as f64 / 1048576.0);
+    println!("{} dispatches per step, {:.1} MiB of GPU buffers", model.dispatch_count(), model.memory.total() as f64 / 1048576.0);
     Ok(())
 }

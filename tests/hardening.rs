@@ -161,7 +161,7 @@ fn a_batch_over_the_buffer_limit_is_refused_before_allocating_naming_a_batch_tha
         .unwrap_or_else(|| panic!("no batch suggested: {err}"));
     assert!((1..33).contains(&fits), "suggested batch {fits}: {err}");
     let misfit = |b: usize| {
-        ctx.dry_run(|| SparkModel::build(&ctx, cfg.clone(), b, lamb)).unwrap().misfit(&ctx)
+        SparkModel::dry_run(&ctx, &cfg, b, lamb, cfg.visible_per_image(), Default::default()).unwrap().misfit(&ctx)
     };
     assert_eq!(misfit(fits), None, "the suggested batch {fits} does not fit");
     assert!(misfit(fits + 1).is_some(), "batch {} fits too: the suggestion is not the largest", fits + 1);
@@ -171,7 +171,7 @@ fn a_batch_over_the_buffer_limit_is_refused_before_allocating_naming_a_batch_tha
     drop(m);
     // A CPU adapter allocates host memory: a graph over what is available is refused the
     // same way (the budget is lowered to what batch 8 needs).
-    let need_8 = ctx.dry_run(|| SparkModel::build(&ctx, cfg.clone(), 8, lamb)).unwrap().requested_bytes;
+    let need_8 = SparkModel::dry_run(&ctx, &cfg, 8, lamb, cfg.visible_per_image(), Default::default()).unwrap().needed_bytes();
     ctx.memory_budget = Some(need_8);
     let err = SparkModel::build(&ctx, cfg.clone(), 16, lamb).err().expect("batch 16 must not fit batch 8's memory").to_string();
     assert!(err.contains("batch 16") && err.contains("host memory") && err.contains("use --batch 8"), "{err}");

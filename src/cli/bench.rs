@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// limit does (to measure what the chunking costs).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub chunk_images: Option<u64>,
+    /// Give every tensor its own buffer instead of sharing buffers by liveness (the
+    /// memory plan), to measure what the plan saves.
+    #[arg(long)]
+    pub dedicated_buffers: bool,
     /// Skip the per-kernel timestamp profile.
     #[arg(long)]
     pub no_profile: bool,
@@ -84,6 +88,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
         drop_path_rate: crate::ops::drop_path::official_drop_path_rate(&a.model),
         seed: 0,
         chunk_images: a.chunk_images.map(|n| n as usize),
+        dedicated_buffers: a.dedicated_buffers,
         ..Default::default()
     };
     let mut model = SparkModel::build_full(&ctx, cfg.clone(), a.batch, Some(lamb), cfg.visible_per_image(), opts)?;
@@ -102,7 +107,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
         a.batch,
         if a.dense_encoder { "dense" } else { "sparse" },
         model.dispatch_count(),
-        model.graph.gpu_memory_bytes() as f64 / (1 << 20) as f64
+        model.memory.total() as f64 / (1 << 20) as f64
     );
     let (mut step_ms, mut host_ms) = (vec![], vec![]);
     for i in 0..a.warmup + a.steps {
@@ -172,7 +177,17 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
     println!("images/s       {:.2}", a.batch as f64 / step * 1e3);
     println!("host per step  {host:.2} ms (mask and image upload; maps are built on the GPU)");
     println!("encoder f+b    {encoder_ms:.1} ms");
-    println!("GPU memory     {:.1} MiB", model.graph.gpu_memory_bytes() as f64 / (1 << 20) as f64);
+    let m = &model.memory;
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "GPU memory     {:.1} MiB = {:.1} dedicated (parameters, gradients, optimizer state, inputs) + {:.1} shared by liveness ({:.1} unshared; {:.1} of it activations kept for the backward); {:.1} MiB per image",
+        mb(m.total()),
+        mb(m.dedicated),
+        mb(m.shared),
+        mb(m.unshared),
+        mb(m.kept_for_backward),
+        mb(m.total()) / a.batch as f64
+    );
     println!("dispatches     {}", model.dispatch_count());
     println!("kernels        {profile_note}");
     for (name, ms, gf) in kernels.iter().take(20) {
@@ -191,7 +206,9 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
             "images_per_s": step.is_finite().then(|| a.batch as f64 / step * 1e3),
             "encoder_ms": encoder_ms,
             "host_ms": host.is_finite().then_some(host),
-            "gpu_memory_bytes": model.graph.gpu_memory_bytes(),
+            "gpu_memory_bytes": model.memory.total(),
+            "memory": {"dedicated": m.dedicated, "shared": m.shared, "unshared": m.unshared,
+                "kept_for_backward": m.kept_for_backward, "bytes_per_image": m.total() / a.batch as u64},
             "dispatches": model.dispatch_count(),
             "dense_encoder": a.dense_encoder,
             "kernels": kernels.iter().map(|(n, ms, gf)| serde_json::json!({"name": n, "ms": ms, "gflops": gf})).collect::<Vec<_>>(),
@@ -258,6 +275,7 @@ fn run_dist(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) -
             sync_bn_world: n,
             shard: Some((share.start, a.batch)),
             chunk_images: a.chunk_images.map(|n| n as usize),
+            dedicated_buffers: a.dedicated_buffers,
         };
         let mut model = SparkModel::build_full(&ctx, cfg.clone(), local, Some(lamb), cfg.visible_per_image(), opts)?;
         ctx.check("building the benchmark graph")?;

@@ -135,6 +135,8 @@ pub struct GpuContext {
     errors: Arc<Mutex<Vec<wgpu::Error>>>,
     /// `Some` while a graph is only being sized (`gpu::sizing`).
     pub(crate) dry: Mutex<Option<super::sizing::DryRunReport>>,
+    /// `Some` while a real build follows its memory plan (`gpu::plan`).
+    pub(crate) plan: Mutex<Option<super::plan::Follow>>,
 }
 
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
@@ -264,6 +266,7 @@ impl GpuContext {
             allocated_bytes: AtomicU64::new(0),
             errors,
             dry: Mutex::new(None),
+            plan: Mutex::new(None),
         })
     }
 

@@ -174,16 +174,18 @@ impl GpuContext {
         let align = self.limits.min_storage_buffer_offset_alignment as u64;
         let dry = self.is_dry_run();
         let mut entries = vec![];
+        let mut touches = vec![];
         let mut it = tensors.iter();
         for &(binding, kind) in &kernel.bindings {
             let resource = match kind {
                 BindingKind::Uniform => uniform.as_ref().unwrap().as_entire_binding(),
-                BindingKind::Storage { .. } => {
+                BindingKind::Storage { read_only } => {
                     let t = it.next().unwrap();
                     assert!(t.offset.is_multiple_of(align), "{}: binding {binding} offset {} not aligned to {align}", kernel.name, t.offset);
                     if dry {
                         // Record the view; bind the placeholder's first 16 bytes instead.
                         self.with_dry(|d| d.binding(&format!("{} (binding {binding})", kernel.name), t.bytes()));
+                        touches.push((Arc::as_ptr(&t.buffer) as usize, !read_only));
                         t.buffer.as_entire_binding()
                     } else {
                         t.binding()
@@ -197,7 +199,7 @@ impl GpuContext {
             layout: &kernel.layout,
             entries: &entries,
         });
-        Dispatch { kernel: kernel.clone(), bind_group, groups, flops: 0, label: String::new() }
+        Dispatch { kernel: kernel.clone(), bind_group, groups, flops: 0, label: String::new(), touches }
     }
 
     /// Encode `dispatches` in order into one compute pass and submit (no wait).
@@ -225,6 +227,9 @@ pub struct Dispatch {
     pub flops: u64,
     /// What the launch computes in the model (e.g. the parameter's name), for profiles.
     pub label: String,
+    /// Dry runs only: the buffers it binds (by address) and whether it writes each, for
+    /// the memory plan (`gpu::plan`).
+    pub(crate) touches: Vec<(usize, bool)>,
 }
 
 impl Dispatch {

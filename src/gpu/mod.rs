@@ -2,6 +2,7 @@
 
 mod context;
 mod kernel;
+mod plan;
 mod profiler;
 mod shaders;
 mod sizing;
@@ -12,3 +13,4 @@ pub use kernel::{Dispatch, Kernel, BindingKind};
 pub use shaders::{shader_source, GENERATED_SHADERS, SHADERS};
 pub use tensor::GpuTensor;
 pub use sizing::{DryRunReport, mib};
+pub use plan::{MemoryPlan, MemoryStats};

@@ -25,6 +25,15 @@ pub struct DryRunReport {
     /// The largest storage view a dispatch would bind, and the kernel that binds it.
     pub largest_binding: u64,
     pub largest_binding_kernel: String,
+    /// Every `zeros` allocation, in order (the memory plan's input).
+    pub(crate) allocs: Vec<super::plan::AllocRecord>,
+    /// Their placeholders, held until the dry run ends: a dispatch refers to a buffer
+    /// by its address, which a dropped placeholder would hand to the next one.
+    pub(crate) placeholders: Vec<std::sync::Arc<wgpu::Buffer>>,
+    /// Depth of `GpuContext::pinned` scopes.
+    pub(crate) pin_depth: usize,
+    /// The memory plan of the build, when the builder made one.
+    pub plan: Option<super::MemoryPlan>,
 }
 
 impl DryRunReport {
@@ -42,6 +51,11 @@ impl DryRunReport {
 
     /// `None` when the graph fits the adapter's per-buffer and per-binding limits and
     /// (on a CPU adapter) the host memory available, else the limit it breaks, in words.
+    /// Bytes the build needs: its planned buffers, or every buffer without a plan.
+    pub fn needed_bytes(&self) -> u64 {
+        self.plan.as_ref().map_or(self.requested_bytes, |p| p.stats.total())
+    }
+
     pub fn misfit(&self, ctx: &GpuContext) -> Option<String> {
         let limits = &ctx.limits;
         let bind = limits.max_storage_buffer_binding_size;
@@ -61,10 +75,10 @@ impl DryRunReport {
                 mib(limits.max_buffer_size)
             ));
         }
-        if let Some(budget) = ctx.memory_budget.filter(|&b| self.requested_bytes > b) {
+        if let Some(budget) = ctx.memory_budget.filter(|&b| self.needed_bytes() > b) {
             return Some(format!(
                 "the graph needs {} but this CPU adapter allocates from host memory, of which {} is available",
-                mib(self.requested_bytes),
+                mib(self.needed_bytes()),
                 mib(budget)
             ));
         }

@@ -69,17 +69,33 @@ impl GpuContext {
     pub fn zeros(&self, len: usize) -> GpuTensor {
         // At least 16 bytes: bindings must be non-empty.
         let size = (len as u64 * 4).max(16).next_multiple_of(4);
-        if self.with_dry(|d| d.buffer(size)).is_some() {
-            return self.placeholder(len);
+        if self.is_dry_run() {
+            let t = self.placeholder(len);
+            let key = Arc::as_ptr(&t.buffer) as usize;
+            self.with_dry(|d| {
+                d.buffer(size);
+                d.allocs.push(super::plan::AllocRecord { bytes: size, key, pinned: d.pin_depth > 0 });
+                d.placeholders.push(t.buffer.clone());
+            });
+            return t;
         }
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size,
-            usage: USAGE,
-            mapped_at_creation: false,
-        });
-        self.count(size);
-        GpuTensor { buffer: Arc::new(buffer), offset: 0, len }
+        let make = |size| {
+            self.count(size);
+            self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage: USAGE, mapped_at_creation: false })
+        };
+        let buffer = match self.planned_buffer(size, make) {
+            Some(shared) => shared,
+            None => Arc::new(make(size)),
+        };
+        GpuTensor { buffer, offset: 0, len }
+    }
+
+    /// A dry run's stand-in for `upload` of `len` elements, for data it need not compute
+    /// (sized like an upload, and like one never shared by the memory plan).
+    pub(crate) fn dry_upload(&self, len: usize) -> GpuTensor {
+        debug_assert!(self.is_dry_run());
+        self.with_dry(|d| d.buffer((len as u64 * 4).max(16)));
+        self.placeholder(len)
     }
 
     /// Upload any 4-byte plain data (f32, i32, u32).

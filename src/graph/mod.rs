@@ -125,8 +125,6 @@ pub struct Graph<'c> {
     prologue: Vec<Dispatch>,
     tape: Vec<BackwardFn>,
     pub backward: Vec<Dispatch>,
-    /// Dead gradient buffers available for reuse while the backward is recorded.
-    grad_pool: Vec<GpuTensor>,
     /// Per-image scale tensors of the drop-path nodes and their rates, in layer order.
     /// (one scale tensor per chunk of the node's chunking, the chunking, the rate).
     drop_paths: Vec<(Vec<GpuTensor>, Chunks, f64)>,
@@ -177,7 +175,6 @@ impl<'c> Graph<'c> {
             prologue: vec![],
             tape: vec![],
             backward: vec![],
-            grad_pool: vec![],
             drop_paths: vec![],
             bn_counters: vec![],
             dense_encoder: false,
@@ -337,7 +334,7 @@ impl<'c> Graph<'c> {
             // Sizing only: the maps' lengths, not their contents (computing them on the host
             // took most of a large batch's dry run).
             let taps = win.taps();
-            (self.ctx.zeros(b.rows * taps), self.ctx.zeros(a.rows * taps))
+            (self.ctx.dry_upload(b.rows * taps), self.ctx.dry_upload(a.rows * taps))
         } else {
             let (from_set, to_set) = (self.active_set(from), self.active_set(to));
             let (map, inv) = Self::compute_maps(&from_set, &to_set, win, transposed, ch);
@@ -452,15 +449,9 @@ impl<'c> Graph<'c> {
             return None;
         }
         if info.grad.is_none() {
-            let len = rows * info.c;
-            // Best fit from the gradients that are already dead (see `build_backward`).
-            let best = (0..self.grad_pool.len())
-                .filter(|&i| self.grad_pool[i].len >= len)
-                .min_by_key(|&i| self.grad_pool[i].len);
-            info.grad = Some(match best {
-                Some(i) => self.grad_pool.swap_remove(i).slice(0, len),
-                None => self.ctx.zeros(len),
-            });
+            // A buffer of its own here; the memory plan (`gpu::plan`) lets gradients
+            // that are dead share memory with later ones and with dead activations.
+            info.grad = Some(self.ctx.zeros(rows * info.c));
         }
         let acc = info.grad_written;
         info.grad_written = true;
@@ -491,13 +482,10 @@ impl<'c> Graph<'c> {
             }
             f(self)?;
             // Every consumer of `out` comes later in the forward, so its backward ran
-            // earlier: once the producer's backward has read the gradient of `out`, that
-            // buffer is dead and later gradients reuse it (dispatches run in order, and
-            // wgpu orders the accesses), which roughly halves the memory of the backward.
-            if let Some(g) = self.vars[out.0].grad.take() {
-                let capacity = (g.buffer.size() / 4) as usize;
-                self.grad_pool.push(GpuTensor { buffer: g.buffer, offset: 0, len: capacity });
-            }
+            // earlier: once the producer's backward has read the gradient of `out`, the
+            // graph holds it no longer (its dispatches do, and the memory plan shares
+            // its buffer from then on).
+            self.vars[out.0].grad = None;
         }
         Ok(start)
     }
@@ -519,11 +507,5 @@ impl<'c> Graph<'c> {
         for &p in &self.bn_counters {
             self.params.counters[p.0] += 1;
         }
-    }
-
-    /// Bytes of every buffer created through the context (parameters, activations,
-    /// gradients, maps, scratch).
-    pub fn gpu_memory_bytes(&self) -> u64 {
-        self.ctx.allocated_bytes()
     }
 }

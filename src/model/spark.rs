@@ -3,13 +3,14 @@
 //! the LAMB update.
 
 use anyhow::{Context as _, Result};
+use std::sync::Arc;
 
 use super::config::{DensifyNorm, EncoderConfig, PATCH, SparkConfig};
 use super::convnext::{ConvNeXt, LN_EPS};
 use super::decoder::LightDecoder;
 use super::resnet::ResNet;
 use super::{declare_bn, declare_conv};
-use crate::gpu::{Dispatch, GpuContext, GpuTensor};
+use crate::gpu::{Dispatch, DryRunReport, GpuContext, GpuTensor, MemoryPlan, MemoryStats};
 use crate::graph::nodes::{BnIds, ConvIds};
 use crate::graph::{Graph, Kind, ParamId, ParamRegistry, ParamStore, Pass, Var};
 use crate::ops::densify::gather_rows;
@@ -59,6 +60,10 @@ pub struct SparkModel<'c> {
     /// `params.grads[decoder_grad_start..]` are the gradients of the decoder and densify
     /// stages: final once `graph.backward[..encoder_backward]` has run.
     decoder_grad_start: usize,
+    /// The graph's buffers by kind (from its memory plan).
+    pub memory: MemoryStats,
+    /// The physical buffers the memory plan shares between tensors.
+    shared_buffers: Vec<Arc<wgpu::Buffer>>,
 }
 
 /// Build options beyond the configuration.
@@ -79,6 +84,9 @@ pub struct BuildOptions {
     /// Data-parallel training: this graph's `batch` images start at this position of a
     /// global batch of the given size `(first, global)` (None: the batch is global).
     pub shard: Option<(usize, usize)>,
+    /// Give every tensor a buffer of its own instead of sharing buffers by liveness
+    /// (`gpu::plan`): to measure and test the memory plan against.
+    pub dedicated_buffers: bool,
 }
 
 /// The encoder, densify stages and decoder of `cfg`, and how many of the declared
@@ -161,13 +169,37 @@ impl<'c> SparkModel<'c> {
         cfg.validate()?;
         crate::train::ranges::DROP_PATH.check("drop-path rate", options.drop_path_rate)?;
         anyhow::ensure!(visible_per_image >= 1, "every image must keep at least one visible patch");
-        if !ctx.is_dry_run() {
-            Self::check_fits(ctx, &cfg, batch, optimizer, visible_per_image, options)?;
+        if ctx.is_dry_run() {
+            return Self::build_graph(ctx, cfg, batch, optimizer, visible_per_image, options);
         }
+        let sized = Self::check_fits(ctx, &cfg, batch, optimizer, visible_per_image, options)?;
+        let memory = match sized.plan {
+            Some(plan) => {
+                let stats = plan.stats;
+                ctx.follow_plan(plan);
+                stats
+            }
+            None => MemoryStats { dedicated: sized.requested_bytes, ..Default::default() },
+        };
+        let built = Self::build_graph(ctx, cfg, batch, optimizer, visible_per_image, options);
+        let shared_buffers = ctx.end_plan()?;
+        Ok(Self { memory, shared_buffers, ..built? })
+    }
+
+    /// The build itself (run twice: dry to size and plan it, then for real).
+    fn build_graph(
+        ctx: &'c GpuContext,
+        cfg: SparkConfig,
+        batch: usize,
+        optimizer: Option<LambConfig>,
+        visible_per_image: usize,
+        options: BuildOptions,
+    ) -> Result<Self> {
         let train = optimizer.is_some();
         let mut reg = ParamRegistry::default();
         let (encoder, densify, decoder, encoder_specs) = declare(&mut reg, &cfg, options.drop_path_rate);
-        let store = ParamStore::allocate(ctx, reg);
+        // Parameters, gradients and BatchNorm running statistics outlive the step.
+        let store = ctx.pinned(|| ParamStore::allocate(ctx, reg));
         let decoder_grad_start = (encoder_specs..store.specs.len())
             .map(ParamId)
             .filter(|&p| store.spec(p).kind == Kind::Trainable)
@@ -188,7 +220,7 @@ impl<'c> SparkModel<'c> {
         let pixels = g.input(input_set, 3);
         // The visible pixels are gathered on the GPU from the uploaded image (in the
         // prologue, after the input set's rows exist), per chunk of images when large.
-        let image = ctx.zeros(batch * size * size * 3);
+        let image = ctx.pinned(|| ctx.zeros(batch * size * size * 3));
         let image_set = g.set(size, size, false);
         let ch = g.chunks_for(&[(input_set, 3), (image_set, 3), (input_set, 1)]);
         let (_, site_of_row) = g.row_indices(input_set, ch);
@@ -226,8 +258,12 @@ impl<'c> SparkModel<'c> {
         }
         let rec = decoder.forward(&mut g, &to_dec)?;
         let visible = g.mask.clone();
-        let loss = ctx.zeros(1);
-        let per_patch_loss = ctx.zeros(batch * f * f);
+        // What the host reads after a step keeps its memory.
+        let (loss, per_patch_loss) = ctx.pinned(|| (ctx.zeros(1), ctx.zeros(batch * f * f)));
+        ctx.pin_tensor(g.tensor(rec));
+        for &v in &features {
+            ctx.pin_tensor(g.tensor(v));
+        }
         let d_rec = ctx.zeros(batch * size * size * 3);
         let rec_t = g.tensor(rec).clone();
         let rec_set = g.set_of(rec);
@@ -257,7 +293,7 @@ impl<'c> SparkModel<'c> {
                         }
                     })
                     .collect();
-                Some(Lamb::new(ctx, &g.params.flat, &g.params.grads, segments, lamb_cfg)?)
+                Some(ctx.pinned(|| Lamb::new(ctx, &g.params.flat, &g.params.grads, segments, lamb_cfg))?)
             }
             None => None,
         };
@@ -282,6 +318,8 @@ impl<'c> SparkModel<'c> {
             encoder_backward,
             drop_path_seed: options.seed,
             decoder_grad_start,
+            memory: MemoryStats::default(),
+            shared_buffers: vec![],
         })
     }
 
@@ -295,12 +333,10 @@ impl<'c> SparkModel<'c> {
         optimizer: Option<LambConfig>,
         visible_per_image: usize,
         options: BuildOptions,
-    ) -> Result<()> {
-        let size = |b: usize| {
-            ctx.dry_run(|| Self::build_full(ctx, cfg.clone(), b, optimizer, visible_per_image, options))
-        };
+    ) -> Result<DryRunReport> {
+        let size = |b: usize| Self::dry_run(ctx, cfg, b, optimizer, visible_per_image, options);
         let report = size(batch)?;
-        let Some(why) = report.misfit(ctx) else { return Ok(()) };
+        let Some(why) = report.misfit(ctx) else { return Ok(report) };
         let fits = GpuContext::largest_fitting(batch - 1, |b| Ok(size(b)?.misfit(ctx).is_none()))?;
         let advice = match fits {
             Some(b) => format!("the largest batch that fits this adapter is {b}: use --batch {b} (or a smaller --input-size or --dec-width)"),
@@ -314,6 +350,55 @@ impl<'c> SparkModel<'c> {
             cfg.dec_width,
             crate::gpu::mib(report.requested_bytes),
         )
+    }
+
+    /// What the graph for `batch` images would need and bind, with its memory plan
+    /// (unless `options.dedicated_buffers`), from a dry run of its build: nothing is
+    /// allocated.
+    pub fn dry_run(
+        ctx: &'c GpuContext,
+        cfg: &SparkConfig,
+        batch: usize,
+        optimizer: Option<LambConfig>,
+        visible_per_image: usize,
+        options: BuildOptions,
+    ) -> Result<DryRunReport> {
+        ctx.dry_run(|| {
+            let m = Self::build_full(ctx, cfg.clone(), batch, optimizer, visible_per_image, options)?;
+            if !options.dedicated_buffers {
+                m.plan_memory();
+            }
+            Ok(())
+        })
+    }
+
+    /// Dry runs: plan the graph's memory from what its dispatches touch, in the order a
+    /// training step submits them (forward, backward, optimizer).
+    fn plan_memory(&self) {
+        let g = &self.graph;
+        let opt = self.optimizer.as_ref().map_or(&[][..], |o| o.dispatches());
+        let order: Vec<&Dispatch> = g.forward.iter().chain(&g.backward).chain(opt).collect();
+        let host: std::collections::HashSet<usize> = g.host_points.iter().map(|h| Arc::as_ptr(&h.sum.sums.buffer) as usize).collect();
+        let fwd = g.forward.len();
+        self.graph.ctx.with_dry(|d| {
+            let mut plan = MemoryPlan::new(&d.allocs, &order, fwd, &host);
+            // Uploads (data from the host) are never shared: count them as dedicated.
+            let zeros: u64 = d.allocs.iter().map(|a| a.bytes).sum();
+            plan.stats.dedicated += d.requested_bytes - zeros;
+            d.plan = Some(plan);
+        });
+    }
+
+    /// Fill every buffer the memory plan shares with NaN, as if other tensors had left
+    /// garbage there: a step must then compute exactly what it computes with a buffer per
+    /// tensor (`tests/memory_plan.rs`), since each shared tensor is written before it is
+    /// read.
+    pub fn scramble_shared_memory(&self) {
+        let q = &self.graph.ctx.queue;
+        for b in &self.shared_buffers {
+            let nan = vec![f32::NAN; (b.size() / 4) as usize];
+            q.write_buffer(b, 0, bytemuck::cast_slice(&nan));
+        }
     }
 
     pub fn ctx(&self) -> &'c GpuContext {

@@ -290,7 +290,7 @@ pub fn pretrain_dist(
                 String::new()
             },
             model.dispatch_count(),
-            model.graph.gpu_memory_bytes() as f64 / (1 << 20) as f64
+            model.memory.total() as f64 / (1 << 20) as f64
         );
     }
     // Only the root writes the run directory; the other ranks keep no log.
