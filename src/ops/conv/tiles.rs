@@ -74,3 +74,21 @@ pub const CPU_WGRAD_SIZE: WgradSize = WgradSize { kernel: "conv_wgrad_cpu", k: 3
 
 /// Weight-gradient kernels whose `const TK`, `TN` build.rs checks against this table.
 pub const HAND_WGRAD: [WgradSize; 2] = [CPU_WGRAD_VEC4_SIZE, CPU_WGRAD_SIZE];
+
+/// A depthwise kernel (generated, `build/depthwise.rs`): strips of `rows` rows and the
+/// `k x k` kernel size it has a fast path for (`rows - 1 <= k`: a strip's inputs come
+/// from its first and last rows' windows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DepthwiseTile {
+    pub kernel: &'static str,
+    pub rows: usize,
+    pub k: usize,
+}
+
+/// Forward and data gradient: 8 rows x 4 channels per thread, fast path for ConvNeXt's 7x7.
+pub const DEPTHWISE: DepthwiseTile = DepthwiseTile { kernel: "depthwise", rows: 8, k: 7 };
+/// Weight gradient of 7x7 kernels: all 49 taps x 4 channels per thread, strips of 8 rows
+/// (splits start on strip boundaries).
+pub const DEPTHWISE_WGRAD_K: DepthwiseTile = DepthwiseTile { kernel: "depthwise_wgrad7", rows: 8, k: 7 };
+/// Weight gradient of any other kernel size (one tap per thread; no tile).
+pub const DEPTHWISE_WGRAD: &str = "depthwise_wgrad";
