@@ -4,7 +4,10 @@
 //! wgpu's automatic layout: the automatic layout drops bindings that an entry point
 //! does not use, so files with several entry points would need per-entry buffer lists.
 //! Convention: group 0; a `var<uniform>` (if any) is the parameter block; every
-//! storage binding is passed, in ascending binding order, as a `GpuTensor`.
+//! storage binding is passed, in ascending binding order, as a `GpuTensor`. The
+//! uniform's WGSL struct size is reflected too: every dispatch checks it against
+//! `size_of` of the Rust `Params` it is given, so a field added on one side only is a
+//! clear error naming the kernel instead of silently shifted parameters.
 
 use anyhow::{Result, anyhow};
 use std::sync::Arc;
@@ -27,22 +30,59 @@ pub struct Kernel {
     /// (binding index, kind), ascending.
     pub bindings: Vec<(u32, BindingKind)>,
     pub workgroup_size: [u32; 3],
+    /// Bytes of the uniform's WGSL type (None: no uniform).
+    pub uniform_size: Option<u32>,
 }
 
-/// An entry point's group-0 bindings (index, kind; ascending) and its workgroup size.
-pub type Reflection = (Vec<(u32, BindingKind)>, [u32; 3]);
+impl Kernel {
+    /// Whether `P` (the Rust parameter block) has the size of the WGSL uniform; kernels
+    /// without a uniform take any `P` (it is ignored).
+    pub fn check_params<P>(&self) -> Result<()> {
+        check_uniform_size::<P>(&self.name, self.uniform_size)
+    }
+}
 
-/// Bindings of group 0 and the workgroup size of `entry`, read from the WGSL source.
+fn check_uniform_size<P>(kernel: &str, uniform_size: Option<u32>) -> Result<()> {
+    let rust = std::mem::size_of::<P>();
+    match uniform_size {
+        Some(wgsl) if wgsl as usize != rust => Err(anyhow!(
+            "{kernel}: the WGSL uniform is {wgsl} bytes but the Rust parameter block {} is {rust} bytes: \
+             their fields differ",
+            std::any::type_name::<P>()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// An entry point's group-0 bindings, workgroup size and uniform size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reflection {
+    /// (binding index, kind), ascending.
+    pub bindings: Vec<(u32, BindingKind)>,
+    pub workgroup_size: [u32; 3],
+    /// Bytes of the `var<uniform>`'s type (None: the module has none).
+    pub uniform_size: Option<u32>,
+}
+
+/// Bindings of group 0, the workgroup size of `entry` and the uniform's size, read from
+/// the WGSL source.
 pub fn reflect(source: &str, entry: &str) -> Result<Reflection> {
     let module = naga::front::wgsl::parse_str(source).map_err(|e| anyhow!("{}", e.emit_to_string(source)))?;
     let mut bindings = vec![];
+    let mut uniform_size = None;
     for (_, var) in module.global_variables.iter() {
         let Some(rb) = &var.binding else { continue };
         if rb.group != 0 {
             return Err(anyhow!("only bind group 0 is supported (found group {})", rb.group));
         }
         let kind = match var.space {
-            naga::AddressSpace::Uniform => BindingKind::Uniform,
+            naga::AddressSpace::Uniform => {
+                if uniform_size.is_some() {
+                    return Err(anyhow!("more than one var<uniform> (the convention is one parameter block)"));
+                }
+                uniform_size = Some(module.types[var.ty].inner.size(module.to_ctx()));
+                BindingKind::Uniform
+            }
             naga::AddressSpace::Storage { access } => {
                 BindingKind::Storage { read_only: !access.contains(naga::StorageAccess::STORE) }
             }
@@ -56,7 +96,7 @@ pub fn reflect(source: &str, entry: &str) -> Result<Reflection> {
         .iter()
         .find(|e| e.name == entry)
         .ok_or_else(|| anyhow!("no entry point {entry:?}"))?;
-    Ok((bindings, ep.workgroup_size))
+    Ok(Reflection { bindings, workgroup_size: ep.workgroup_size, uniform_size })
 }
 
 impl GpuContext {
@@ -67,7 +107,8 @@ impl GpuContext {
             return Ok(k.clone());
         }
         let source = shader_source(file).ok_or_else(|| anyhow!("no shader shaders/{file}.wgsl"))?;
-        let (bindings, workgroup_size) = reflect(source, entry).map_err(|e| anyhow!("shaders/{file}.wgsl: {e}"))?;
+        let Reflection { bindings, workgroup_size, uniform_size } =
+            reflect(source, entry).map_err(|e| anyhow!("shaders/{file}.wgsl: {e}"))?;
         let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
             .iter()
             .map(|&(binding, kind)| wgpu::BindGroupLayoutEntry {
@@ -106,7 +147,7 @@ impl GpuContext {
             compilation_options: Default::default(),
             cache: None,
         });
-        let k = Arc::new(Kernel { name: label, pipeline, layout, bindings, workgroup_size });
+        let k = Arc::new(Kernel { name: label, pipeline, layout, bindings, workgroup_size, uniform_size });
         self.kernels.lock().unwrap().insert(key, k.clone());
         Ok(k)
     }
@@ -153,6 +194,11 @@ impl GpuContext {
         tensors: &[&GpuTensor],
         groups: [u32; 3],
     ) -> Dispatch {
+        // A mismatch is a bug in the launcher or the kernel, caught by any test that runs
+        // the kernel (like the storage binding count below).
+        if let Err(e) = kernel.check_params::<P>() {
+            panic!("{e}");
+        }
         let mut bytes = bytemuck::bytes_of(params).to_vec();
         bytes.resize(bytes.len().next_multiple_of(16).max(16), 0);
         let uniform = kernel.bindings.iter().any(|b| b.1 == BindingKind::Uniform).then(|| {
@@ -244,5 +290,48 @@ impl Dispatch {
         for d in dispatches {
             d.encode(&mut pass);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SRC: &str = "struct Params { a: u32, b: u32, c: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@compute @workgroup_size(8)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) { y[gid.x] = f32(p.a + p.b + p.c); }
+";
+
+    #[test]
+    fn reflects_uniform_size() {
+        let r = reflect(SRC, "main").unwrap();
+        assert_eq!(r.uniform_size, Some(12));
+        assert_eq!(r.workgroup_size, [8, 1, 1]);
+        assert_eq!(r.bindings, vec![(0, BindingKind::Uniform), (1, BindingKind::Storage { read_only: false })]);
+        let none = reflect("@group(0) @binding(0) var<storage, read_write> y: array<f32>;\n@compute @workgroup_size(1) fn main() { y[0] = 1.0; }", "main").unwrap();
+        assert_eq!(none.uniform_size, None);
+    }
+
+    #[test]
+    fn params_size_mismatch_is_a_clear_error() {
+        let size = reflect(SRC, "main").unwrap().uniform_size;
+        assert!(check_uniform_size::<[u32; 3]>("k::main", size).is_ok());
+        let e = check_uniform_size::<[u32; 4]>("k::main", size).unwrap_err().to_string();
+        assert!(e.contains("k::main") && e.contains("12 bytes") && e.contains("16 bytes") && e.contains("[u32; 4]"), "{e}");
+        // No uniform: whatever is passed is ignored.
+        assert!(check_uniform_size::<[u32; 4]>("k::main", None).is_ok());
+    }
+
+    /// A built pipeline carries the size: `fill`'s Params is { count: u32, value: f32 }.
+    #[test]
+    fn built_kernel_checks_params() {
+        let ctx = GpuContext::new_default().unwrap();
+        let k = ctx.kernel("fill").unwrap();
+        assert_eq!(k.uniform_size, Some(8));
+        assert!(k.check_params::<[u32; 2]>().is_ok());
+        let e = k.check_params::<[u32; 3]>().unwrap_err().to_string();
+        assert!(e.contains("fill::main") && e.contains("8 bytes") && e.contains("12 bytes"), "{e}");
     }
 }

@@ -39,16 +39,28 @@ pub struct GatherTile {
 /// GPUs: a tile that stays in registers (generated, `build/conv_gather.rs`).
 pub const GPU_GATHER: GatherTile = GatherTile { kernel: "conv", rows: 4, cols: 8 };
 /// CPU drivers: loads cost far more than multiply-adds and spills are cheap, so the tiles
-/// are large (see conv_cpu_vec4.wgsl). K and N multiples of 4: vec4 loads and stores.
+/// are large (see build/conv_gather_cpu.rs). K and N multiples of 4: vec4 loads and stores.
 pub const CPU_GATHER_VEC4: GatherTile = GatherTile { kernel: "conv_cpu_vec4", rows: 32, cols: 32 };
 /// CPU drivers, other K and N (3-channel stem input).
 pub const CPU_GATHER: GatherTile = GatherTile { kernel: "conv_cpu", rows: 32, cols: 32 };
 /// CPU drivers, N <= 4 (3-channel outputs): a 32-wide column tile would be mostly padding.
 pub const CPU_GATHER_NARROW: GatherTile = GatherTile { kernel: "conv_cpu_narrow", rows: 64, cols: 4 };
 
-/// Gather kernels still hand-unrolled under `shaders/`: build.rs fails when their
-/// `const TR`, `TV`, `RI`, `G` differ from this table.
-pub const HAND_GATHER: [GatherTile; 3] = [CPU_GATHER_VEC4, CPU_GATHER, CPU_GATHER_NARROW];
+/// How a CPU gather kernel loads its operands (`build/conv_gather_cpu.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuLoads {
+    /// x, wt, bias and y as vec4s (K and N multiples of 4).
+    Vec4,
+    /// Scalar input loads, vec4 weights from the padded re-laid weight.
+    Scalar,
+    /// As `Scalar`, and per 4 rows the input loads of a tap none of them reads are
+    /// skipped: with N <= 4 the loads are the whole cost (transposed 4x4/2 outputs).
+    ScalarSkipEmpty,
+}
+
+/// Every CPU gather kernel build.rs generates, with how it loads.
+pub const CPU_GATHERS: [(GatherTile, CpuLoads); 3] =
+    [(CPU_GATHER_VEC4, CpuLoads::Vec4), (CPU_GATHER, CpuLoads::Scalar), (CPU_GATHER_NARROW, CpuLoads::ScalarSkipEmpty)];
 
 /// Row interleave `RI` and phase group `G` of every gather-GEMM kernel (see the
 /// generated `conv` kernel): a thread's rows are `base + RI * i`, and `G` consecutive
@@ -67,10 +79,28 @@ pub struct WgradSize {
 /// GPUs: 4 input channels × 8 output channels of one tap (conv_wgrad.wgsl, unrolled by
 /// hand without named constants).
 pub const GPU_WGRAD_SIZE: WgradSize = WgradSize { kernel: "conv_wgrad", k: 4, n: 8 };
-/// CPU drivers (see conv_cpu_vec4.wgsl), cin and cout multiples of 4.
+/// CPU drivers (see build/conv_gather_cpu.rs), cin and cout multiples of 4.
 pub const CPU_WGRAD_VEC4_SIZE: WgradSize = WgradSize { kernel: "conv_wgrad_cpu_vec4", k: 32, n: 32 };
 /// CPU drivers, any channel counts; `k'` spans taps so that the 3-channel stem fills the tile.
 pub const CPU_WGRAD_SIZE: WgradSize = WgradSize { kernel: "conv_wgrad_cpu", k: 32, n: 32 };
 
 /// Weight-gradient kernels whose `const TK`, `TN` build.rs checks against this table.
 pub const HAND_WGRAD: [WgradSize; 2] = [CPU_WGRAD_VEC4_SIZE, CPU_WGRAD_SIZE];
+
+/// A depthwise kernel (generated, `build/depthwise.rs`): strips of `rows` rows and the
+/// `k x k` kernel size it has a fast path for (`rows - 1 <= k`: a strip's inputs come
+/// from its first and last rows' windows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DepthwiseTile {
+    pub kernel: &'static str,
+    pub rows: usize,
+    pub k: usize,
+}
+
+/// Forward and data gradient: 8 rows x 4 channels per thread, fast path for ConvNeXt's 7x7.
+pub const DEPTHWISE: DepthwiseTile = DepthwiseTile { kernel: "depthwise", rows: 8, k: 7 };
+/// Weight gradient of 7x7 kernels: all 49 taps x 4 channels per thread, strips of 8 rows
+/// (splits start on strip boundaries).
+pub const DEPTHWISE_WGRAD_K: DepthwiseTile = DepthwiseTile { kernel: "depthwise_wgrad7", rows: 8, k: 7 };
+/// Weight gradient of any other kernel size (one tap per thread; no tile).
+pub const DEPTHWISE_WGRAD: &str = "depthwise_wgrad";
