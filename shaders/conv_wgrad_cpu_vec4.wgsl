@@ -2,7 +2,7 @@
 // multiples of 4: same contract as conv_wgrad.wgsl (split-K partials over output rows in
 // the stored weight layout, then reduce_partials), vec4 loads. A thread owns TK = 32 input
 // channels of one tap x TN = 32 output channels and one split: per row it loads 1 map
-// entry, 32 inputs and 32 output gradients for 1024 multiply-adds (see conv_cpu_vec4.wgsl
+// entry, 32 inputs and 32 output gradients for 1024 multiply-adds (see build/conv_gather_cpu.rs
 // for why CPU tiles are this large).
 //
 // Accumulator a<i>_<j> (mat4x4): column q = input channel 4i+q, components = output
