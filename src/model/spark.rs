@@ -348,7 +348,7 @@ impl<'c> SparkModel<'c> {
             ctx.info.name,
             cfg.input_size,
             cfg.dec_width,
-            crate::gpu::mib(report.requested_bytes),
+            crate::gpu::mib(report.needed_bytes()),
         )
     }
 
