@@ -11,9 +11,8 @@ use super::resnet::ResNet;
 use super::{declare_bn, declare_conv};
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 use crate::graph::nodes::{BnIds, ConvIds};
-use crate::graph::{Graph, Kind, ParamId, ParamRegistry, ParamStore, Pass, Var};
+use crate::graph::{Graph, GraphOptions, Init, Kind, LossOutputs, ParamId, ParamRegistry, ParamStore, Pass, Var};
 use crate::ops::densify::gather_rows;
-use crate::ops::loss::{LossTensors, masked_patch_loss_chunked};
 use crate::optim::lamb::{Lamb, LambConfig, ParamSegment, no_weight_decay};
 use crate::sparse::{PatchMask, Window};
 
@@ -37,48 +36,254 @@ struct Densify {
 
 /// A built SparK training (or evaluation) graph.
 pub struct SparkModel<'c> {
-    pub cfg: SparkConfig,
-    pub batch: usize,
-    pub graph: Graph<'c>,
+    cfg: SparkConfig,
+    batch: usize,
+    graph: Graph<'c>,
     /// The unmasked image `[B, H, W, 3]` (written per step: the loss target, and the
     /// source of the visible input pixels gathered on the GPU).
     image: GpuTensor,
-    pub loss: GpuTensor,
-    pub per_patch_loss: GpuTensor,
+    loss: LossOutputs,
     /// Encoder feature maps (strides 4, 8, 16, 32), sparse rows.
-    pub features: Vec<Var>,
+    features: Vec<Var>,
     /// Reconstruction `[B, H, W, 3]`.
-    pub rec: Var,
-    pub optimizer: Option<Lamb>,
-    /// `graph.forward[..encoder_forward]` is the encoder (after the GPU build of the
+    rec: Var,
+    optimizer: Option<Lamb>,
+    /// `graph.forward()[..encoder_forward]` is the encoder (after the GPU build of the
     /// step's sets and maps).
-    pub encoder_forward: usize,
-    /// `graph.backward[encoder_backward..]` is the encoder's backward.
-    pub encoder_backward: usize,
+    encoder_forward: usize,
+    /// `graph.backward()[encoder_backward..]` is the encoder's backward.
+    encoder_backward: usize,
     drop_path_seed: u64,
     /// `params.grads[decoder_grad_start..]` are the gradients of the decoder and densify
-    /// stages: final once `graph.backward[..encoder_backward]` has run.
+    /// stages: final once `graph.backward()[..encoder_backward]` has run.
     decoder_grad_start: usize,
 }
 
-/// Build options beyond the configuration.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BuildOptions {
-    /// Compute the encoder densely (every site), for speed comparisons (`bench --dense-encoder`).
-    pub dense_encoder: bool,
-    /// Stochastic depth rate of the encoder (0: none, as in the parity cases).
-    pub drop_path_rate: f64,
-    /// Seed of the drop-path draws.
-    pub seed: u64,
+/// Builds a [`SparkModel`]: `SparkModel::builder(ctx, cfg, batch)`, options as calls,
+/// then [`SparkBuilder::build`]. By default an evaluation graph with the official
+/// initialisation from seed 0 and every image showing `cfg.visible_per_image()` patches.
+#[derive(Clone)]
+pub struct SparkBuilder<'c> {
+    ctx: &'c GpuContext,
+    cfg: SparkConfig,
+    batch: usize,
+    optimizer: Option<LambConfig>,
+    visible_per_image: Option<usize>,
+    graph: GraphOptions,
+    drop_path_rate: f64,
+    drop_path_seed: u64,
+    /// Seed of the official initialisation; None: leave the weights zero (they are
+    /// loaded next, from a checkpoint or a parity case).
+    init_seed: Option<u64>,
+}
+
+impl<'c> SparkBuilder<'c> {
+    /// A training graph: record the backward and a LAMB step with these settings
+    /// (see [`LambConfig::spark`]).
+    pub fn optimizer(mut self, lamb: LambConfig) -> Self {
+        self.optimizer = Some(lamb);
+        self.graph.train = true;
+        self
+    }
+
+    /// Build for masks with `n` visible patches per image (default:
+    /// `cfg.visible_per_image()`; parity cases and `reconstruct` bring their own mask).
+    pub fn visible_per_image(mut self, n: usize) -> Self {
+        self.visible_per_image = Some(n);
+        self
+    }
+
+    /// Compute the encoder densely at every site, as the official code does before
+    /// masking (`bench --dense-encoder`): for speed comparisons only.
+    pub fn dense_encoder(mut self, dense: bool) -> Self {
+        self.graph.dense_encoder = dense;
+        self
+    }
+
+    /// Stochastic depth of the encoder at network rate `rate` (0: none, the default),
+    /// the per-step draws reproducible from `seed`.
+    pub fn drop_path(mut self, rate: f64, seed: u64) -> Self {
+        self.drop_path_rate = rate;
+        self.drop_path_seed = seed;
+        self
+    }
+
     /// Run every op in chunks of at most this many images (`graph::chunks`), even where
     /// the batch fits the adapter: to test and measure the chunked path.
-    pub chunk_images: Option<usize>,
-    /// Data-parallel training (issue 10): BatchNorm statistics over this many ranks
-    /// (0 or 1: this process's batch only).
-    pub sync_bn_world: usize,
-    /// Data-parallel training: this graph's `batch` images start at this position of a
-    /// global batch of the given size `(first, global)` (None: the batch is global).
-    pub shard: Option<(usize, usize)>,
+    pub fn chunk_images(mut self, images: Option<usize>) -> Self {
+        self.graph.chunk_images = images;
+        self
+    }
+
+    /// Data-parallel training (issue 10): this graph's `batch` images start at `first`
+    /// of a global batch of `global`; with `sync_bn_world` > 1, BatchNorm statistics are
+    /// taken over that many ranks.
+    pub fn data_parallel(mut self, first: usize, global: usize, sync_bn_world: usize) -> Self {
+        self.graph.shard = Some((first, global));
+        self.graph.sync_bn_world = sync_bn_world.max(1);
+        self
+    }
+
+    /// Initialise with the official initialisation drawn from `seed` (the default is 0).
+    pub fn init_seed(mut self, seed: u64) -> Self {
+        self.init_seed = Some(seed);
+        self
+    }
+
+    /// Leave every weight zero: for graphs whose weights are loaded right after the build
+    /// (a checkpoint, a parity case), which would overwrite the initialisation anyway.
+    pub fn without_init(mut self) -> Self {
+        self.init_seed = None;
+        self
+    }
+
+    /// Build the graph (refusing, before anything large is allocated, a batch the
+    /// adapter cannot bind) and initialise its weights.
+    pub fn build(self) -> Result<SparkModel<'c>> {
+        self.cfg.validate()?;
+        crate::train::ranges::DROP_PATH.check("drop-path rate", self.drop_path_rate)?;
+        anyhow::ensure!(self.visible() >= 1, "every image must keep at least one visible patch");
+        if !self.ctx.is_dry_run() {
+            self.check_fits()?;
+        }
+        let mut model = self.build_graph()?;
+        if let Some(seed) = self.init_seed.filter(|_| !self.ctx.is_dry_run()) {
+            let specs = model.params().specs.clone();
+            for (s, v) in specs.iter().zip(crate::graph::init_params(&specs, seed)) {
+                model.params_mut().set(self.ctx, &s.name, &s.shape, &v)?;
+            }
+        }
+        Ok(model)
+    }
+
+    fn visible(&self) -> usize {
+        self.visible_per_image.unwrap_or_else(|| self.cfg.visible_per_image())
+    }
+
+    /// Size the graph with a dry run (`gpu::sizing`) and refuse a batch whose tensors the
+    /// adapter cannot bind, naming the largest batch that fits.
+    fn check_fits(&self) -> Result<()> {
+        let ctx = self.ctx;
+        let size = |b: usize| {
+            let sized = SparkBuilder { batch: b, init_seed: None, ..self.clone() };
+            ctx.dry_run(|| sized.build())
+        };
+        let batch = self.batch;
+        let report = size(batch)?;
+        let Some(why) = report.misfit(ctx) else { return Ok(()) };
+        let fits = GpuContext::largest_fitting(batch - 1, |b| Ok(size(b)?.misfit(ctx).is_none()))?;
+        let advice = match fits {
+            Some(b) => format!("the largest batch that fits this adapter is {b}: use --batch {b} (or a smaller --input-size or --dec-width)"),
+            None => "not even batch 1 fits: use a smaller --input-size or --dec-width".to_string(),
+        };
+        anyhow::bail!(
+            "batch {batch} does not fit adapter {:?} at input {}² with decoder width {}: {why}; \
+             the graph would allocate {} in all (nothing was allocated); {advice}",
+            ctx.info.name,
+            self.cfg.input_size,
+            self.cfg.dec_width,
+            crate::gpu::mib(report.requested_bytes),
+        )
+    }
+
+    fn build_graph(&self) -> Result<SparkModel<'c>> {
+        let (ctx, cfg, batch) = (self.ctx, &self.cfg, self.batch);
+        let mut reg = ParamRegistry::default();
+        let (encoder, densify, decoder, encoder_specs) = declare(&mut reg, cfg, self.drop_path_rate);
+        let store = ParamStore::allocate(ctx, reg);
+        let decoder_grad_start = (encoder_specs..store.specs.len())
+            .map(ParamId)
+            .filter(|&p| store.spec(p).kind == Kind::Trainable)
+            .map(|p| store.offset(p))
+            .min()
+            .unwrap_or(store.grads.len);
+        let f = cfg.grid();
+        let mut g = Graph::new(ctx, store, batch, (f, f), self.visible(), self.graph)?;
+        let size = cfg.input_size;
+        let input_set = g.set(size, size, true);
+        let pixels = g.input(input_set, 3);
+        // The visible pixels are gathered on the GPU from the uploaded image (in the
+        // prologue, after the input set's rows exist), per chunk of images when large.
+        let image = ctx.zeros(batch * size * size * 3);
+        let image_set = g.set(size, size, false);
+        let ch = g.chunks_for(&[(input_set, 3), (image_set, 3), (input_set, 1)]);
+        let (_, site_of_row) = g.row_indices(input_set, ch);
+        let pixels_t = g.tensor(pixels).clone();
+        let per = g.rows_per_image(input_set);
+        let d = g.per_chunk(ch, |g, r| {
+            let (iv, sv, pv) = (g.view(&image, image_set, 3, r), g.view(&site_of_row, input_set, 1, r), g.view(&pixels_t, input_set, 3, r));
+            gather_rows(ctx, &iv, &sv, &pv, per * r.len(), 3)
+        })?;
+        g.push_prologue(d);
+        let features = match &encoder {
+            Encoder::Resnet(r) => r.forward(&mut g, pixels, size)?,
+            Encoder::Convnext(c) => c.forward(&mut g, pixels, size)?,
+        };
+        let encoder_forward = g.forward().len();
+        let encoder_tape = g.tape_len();
+        let mut to_dec = vec![];
+        for (i, d) in densify.iter().enumerate() {
+            let x = features[features.len() - 1 - i];
+            let x = match d.norm {
+                DensifyNormIds::Bn(bn) => g.batchnorm(x, bn)?,
+                DensifyNormIds::Ln(w, b) => g.layernorm(x, w, b, LN_EPS)?,
+            };
+            let x = g.fill_masked(x, d.token)?;
+            let x = match d.proj {
+                Some((conv, k)) => {
+                    let set = g.set_of(x);
+                    g.conv(x, set, conv, d.dec_width, Window::new(k, 1, k / 2), false)?
+                }
+                None => x,
+            };
+            to_dec.push(x);
+        }
+        let rec = decoder.forward(&mut g, &to_dec)?;
+        let loss = g.masked_patch_loss(rec, &image, PATCH)?;
+        let mut encoder_backward = 0;
+        let optimizer = match self.optimizer {
+            Some(lamb_cfg) => {
+                encoder_backward = g.build_backward(encoder_tape)?;
+                let params = g.params();
+                let segments = params
+                    .ids()
+                    .filter(|&p| params.spec(p).kind == Kind::Trainable)
+                    .map(|p| {
+                        let s = params.spec(p);
+                        ParamSegment {
+                            name: s.name.clone(),
+                            offset: params.offset(p),
+                            len: s.numel(),
+                            weight_decay: !no_weight_decay(&s.name, &s.shape),
+                        }
+                    })
+                    .collect();
+                Some(Lamb::new(ctx, &params.flat, &params.grads, segments, lamb_cfg)?)
+            }
+            None => None,
+        };
+        // The GPU build of the step's sets and maps runs first (it counts as encoder work).
+        let encoder_forward = encoder_forward + g.finish_prologue();
+        // Validation errors of the recorded bind groups (a real build only: a dry run's
+        // placeholders raise some by design).
+        if !ctx.is_dry_run() {
+            ctx.check("building the graph")?;
+        }
+        Ok(SparkModel {
+            cfg: cfg.clone(),
+            batch,
+            graph: g,
+            image,
+            loss,
+            features,
+            rec,
+            optimizer,
+            encoder_forward,
+            encoder_backward,
+            drop_path_seed: self.drop_path_seed,
+            decoder_grad_start,
+        })
+    }
 }
 
 /// The encoder, densify stages and decoder of `cfg`, and how many of the declared
@@ -103,19 +308,22 @@ fn declare(
     let mut d = cfg.dec_width;
     for i in 0..widths.len() {
         let e = widths[widths.len() - 1 - i];
-        let token = reg.trainable(format!("mask_tokens.{i}"), &[1, e, 1, 1]);
+        // The official `trunc_normal_(mask_token, mean=0, std=.02, a=-.02, b=.02)`.
+        let token = reg.trainable(format!("mask_tokens.{i}"), &[1, e, 1, 1], Init::TruncNormal { std: 0.02, lo: -0.02, hi: 0.02 });
         let norm = match cfg.densify_norm {
-            DensifyNorm::Bn => DensifyNormIds::Bn(declare_bn(reg, &format!("densify_norms.{i}"), e)),
+            DensifyNorm::Bn => DensifyNormIds::Bn(declare_bn(reg, &format!("densify_norms.{i}"), e, Init::ONE)),
             DensifyNorm::Ln => DensifyNormIds::Ln(
-                reg.trainable(format!("densify_norms.{i}.weight"), &[e]),
-                reg.trainable(format!("densify_norms.{i}.bias"), &[e]),
+                reg.trainable(format!("densify_norms.{i}.weight"), &[e], Init::ONE),
+                reg.trainable(format!("densify_norms.{i}.bias"), &[e], Init::ZERO),
             ),
         };
         let proj = if i == 0 && e == d {
             None
         } else {
             let k = if i == 0 { 1 } else { 3 };
-            Some((declare_conv(reg, &format!("densify_projs.{i}"), e, d, k, true, false), k))
+            // PyTorch's default Conv2d init: the official code leaves these as built.
+            let bias = Init::KaimingUniform { fan_in: e * k * k };
+            Some((declare_conv(reg, &format!("densify_projs.{i}"), e, d, k, false, Init::torch_default_conv, Some(bias)), k))
         };
         densify.push(Densify { norm, token, proj, dec_width: d });
         d /= 2;
@@ -131,193 +339,24 @@ pub fn parameter_specs(cfg: &SparkConfig) -> Vec<crate::graph::ParamSpec> {
 }
 
 impl<'c> SparkModel<'c> {
-    /// Build the graph for `batch` images. `optimizer`: None for evaluation graphs
-    /// (BatchNorm then uses running statistics and no backward is recorded).
-    pub fn build(ctx: &'c GpuContext, cfg: SparkConfig, batch: usize, optimizer: Option<LambConfig>) -> Result<Self> {
-        let visible = cfg.visible_per_image();
-        Self::build_with_visible(ctx, cfg, batch, optimizer, visible)
-    }
-
-    /// As `build`, for masks with `visible_per_image` visible patches per image (parity
-    /// cases bring their own mask).
-    pub fn build_with_visible(
-        ctx: &'c GpuContext,
-        cfg: SparkConfig,
-        batch: usize,
-        optimizer: Option<LambConfig>,
-        visible_per_image: usize,
-    ) -> Result<Self> {
-        Self::build_full(ctx, cfg, batch, optimizer, visible_per_image, BuildOptions::default())
-    }
-
-    pub fn build_full(
-        ctx: &'c GpuContext,
-        cfg: SparkConfig,
-        batch: usize,
-        optimizer: Option<LambConfig>,
-        visible_per_image: usize,
-        options: BuildOptions,
-    ) -> Result<Self> {
-        cfg.validate()?;
-        crate::train::ranges::DROP_PATH.check("drop-path rate", options.drop_path_rate)?;
-        anyhow::ensure!(visible_per_image >= 1, "every image must keep at least one visible patch");
-        if !ctx.is_dry_run() {
-            Self::check_fits(ctx, &cfg, batch, optimizer, visible_per_image, options)?;
-        }
-        let train = optimizer.is_some();
-        let mut reg = ParamRegistry::default();
-        let (encoder, densify, decoder, encoder_specs) = declare(&mut reg, &cfg, options.drop_path_rate);
-        let store = ParamStore::allocate(ctx, reg);
-        let decoder_grad_start = (encoder_specs..store.specs.len())
-            .map(ParamId)
-            .filter(|&p| store.spec(p).kind == Kind::Trainable)
-            .map(|p| store.offset(p))
-            .min()
-            .unwrap_or(store.grads.len);
-        let f = cfg.grid();
-        let mut g = Graph::new(ctx, store, batch, f, f, visible_per_image, train);
-        g.dense_encoder = options.dense_encoder;
-        g.sync_bn_world = options.sync_bn_world.max(1);
-        if let Some((first, global)) = options.shard {
-            anyhow::ensure!(first + batch <= global, "shard {first}..{} outside the global batch of {global}", first + batch);
-            (g.image_offset, g.global_batch) = (first, global);
-        }
-        g.chunk_images = options.chunk_images;
-        let size = cfg.input_size;
-        let input_set = g.set(size, size, true);
-        let pixels = g.input(input_set, 3);
-        // The visible pixels are gathered on the GPU from the uploaded image (in the
-        // prologue, after the input set's rows exist), per chunk of images when large.
-        let image = ctx.zeros(batch * size * size * 3);
-        let image_set = g.set(size, size, false);
-        let ch = g.chunks_for(&[(input_set, 3), (image_set, 3), (input_set, 1)]);
-        let (_, site_of_row) = g.row_indices(input_set, ch);
-        let pixels_t = g.tensor(pixels).clone();
-        let per = g.rows_per_image(input_set);
-        let d = g.per_chunk(ch, |g, r| {
-            let (iv, sv, pv) = (g.view(&image, image_set, 3, r), g.view(&site_of_row, input_set, 1, r), g.view(&pixels_t, input_set, 3, r));
-            gather_rows(ctx, &iv, &sv, &pv, per * r.len(), 3)
-        })?;
-        g.push_prologue(d);
-        let features = match &encoder {
-            Encoder::Resnet(r) => r.forward(&mut g, pixels, size)?,
-            Encoder::Convnext(c) => c.forward(&mut g, pixels, size)?,
-        };
-        let encoder_forward = g.forward.len();
-        let encoder_tape = g.tape_len();
-        // Everything after the encoder is dense.
-        g.dense_encoder = false;
-        let mut to_dec = vec![];
-        for (i, d) in densify.iter().enumerate() {
-            let x = features[features.len() - 1 - i];
-            let x = match d.norm {
-                DensifyNormIds::Bn(bn) => g.batchnorm(x, bn)?,
-                DensifyNormIds::Ln(w, b) => g.layernorm(x, w, b, LN_EPS)?,
-            };
-            let x = g.fill_masked(x, d.token)?;
-            let x = match d.proj {
-                Some((conv, k)) => {
-                    let set = g.set_of(x);
-                    g.conv(x, set, conv, d.dec_width, Window::new(k, 1, k / 2), false)?
-                }
-                None => x,
-            };
-            to_dec.push(x);
-        }
-        let rec = decoder.forward(&mut g, &to_dec)?;
-        let visible = g.mask.clone();
-        let loss = ctx.zeros(1);
-        let per_patch_loss = ctx.zeros(batch * f * f);
-        let d_rec = ctx.zeros(batch * size * size * 3);
-        let rec_t = g.tensor(rec).clone();
-        let rec_set = g.set_of(rec);
-        let ch = g.chunks_for(&[(rec_set, 3)]);
-        let views: Vec<_> = ch
-            .ranges()
-            .map(|r| (g.view(&image, rec_set, 3, &r), g.view(&rec_t, rec_set, 3, &r), g.view(&d_rec, rec_set, 3, &r)))
-            .collect();
-        let t = LossTensors { visible: &visible, loss: &loss, per_patch: &per_patch_loss };
-        g.forward.extend(masked_patch_loss_chunked(ctx, &views, &t, batch, size, size, PATCH)?);
-        let mut encoder_backward = 0;
-        let optimizer = match optimizer {
-            Some(lamb_cfg) => {
-                g.seed_grad(rec, d_rec);
-                encoder_backward = g.build_backward(encoder_tape)?;
-                let segments = g
-                    .params
-                    .ids()
-                    .filter(|&p| g.params.spec(p).kind == Kind::Trainable)
-                    .map(|p| {
-                        let s = g.params.spec(p);
-                        ParamSegment {
-                            name: s.name.clone(),
-                            offset: g.params.offset(p),
-                            len: s.numel(),
-                            weight_decay: !no_weight_decay(&s.name, &s.shape),
-                        }
-                    })
-                    .collect();
-                Some(Lamb::new(ctx, &g.params.flat, &g.params.grads, segments, lamb_cfg)?)
-            }
-            None => None,
-        };
-        // The GPU build of the step's sets and maps runs first (it counts as encoder work).
-        let encoder_forward = encoder_forward + g.finish_prologue();
-        // Validation errors of the recorded bind groups (a real build only: a dry run's
-        // placeholders raise some by design).
-        if !ctx.is_dry_run() {
-            ctx.check("building the graph")?;
-        }
-        Ok(Self {
+    /// A builder of the SparK graph of `cfg` for `batch` images (see [`SparkBuilder`]).
+    pub fn builder(ctx: &'c GpuContext, cfg: SparkConfig, batch: usize) -> SparkBuilder<'c> {
+        SparkBuilder {
+            ctx,
             cfg,
             batch,
-            graph: g,
-            image,
-            loss,
-            per_patch_loss,
-            features,
-            rec,
-            optimizer,
-            encoder_forward,
-            encoder_backward,
-            drop_path_seed: options.seed,
-            decoder_grad_start,
-        })
+            optimizer: None,
+            visible_per_image: None,
+            graph: GraphOptions::new(false),
+            drop_path_rate: 0.0,
+            drop_path_seed: 0,
+            init_seed: Some(0),
+        }
     }
 
-    /// Size the graph with a dry run (`gpu::sizing`) and refuse, before anything large is
-    /// allocated, a batch whose tensors the adapter cannot bind, naming the largest batch
-    /// that fits.
-    fn check_fits(
-        ctx: &'c GpuContext,
-        cfg: &SparkConfig,
-        batch: usize,
-        optimizer: Option<LambConfig>,
-        visible_per_image: usize,
-        options: BuildOptions,
-    ) -> Result<()> {
-        let size = |b: usize| {
-            ctx.dry_run(|| Self::build_full(ctx, cfg.clone(), b, optimizer, visible_per_image, options))
-        };
-        let report = size(batch)?;
-        let Some(why) = report.misfit(ctx) else { return Ok(()) };
-        let fits = GpuContext::largest_fitting(batch - 1, |b| Ok(size(b)?.misfit(ctx).is_none()))?;
-        let advice = match fits {
-            Some(b) => format!("the largest batch that fits this adapter is {b}: use --batch {b} (or a smaller --input-size or --dec-width)"),
-            None => "not even batch 1 fits: use a smaller --input-size or --dec-width".to_string(),
-        };
-        anyhow::bail!(
-            "batch {batch} does not fit adapter {:?} at input {}² with decoder width {}: {why}; \
-             the graph would allocate {} in all (nothing was allocated); {advice}",
-            ctx.info.name,
-            cfg.input_size,
-            cfg.dec_width,
-            crate::gpu::mib(report.requested_bytes),
-        )
-    }
-
+    /// The GPU context the model runs on.
     pub fn ctx(&self) -> &'c GpuContext {
-        self.graph.ctx
+        self.graph.ctx()
     }
 
     /// Write one step's inputs: normalised images `[B, H, W, 3]` and the patch mask.
@@ -330,40 +369,48 @@ impl<'c> SparkModel<'c> {
             self.batch
         );
         self.graph.set_mask(mask).context("setting the patch mask")?;
-        let ctx = self.graph.ctx;
+        let ctx = self.graph.ctx();
         ctx.write(&self.image, images_bhwc);
         Ok(())
     }
 
     /// The dispatches of forward, loss and backward, in order.
     pub fn forward_backward(&self) -> impl Iterator<Item = &Dispatch> {
-        self.graph.forward.iter().chain(self.graph.backward.iter())
+        self.graph.forward().iter().chain(self.graph.backward().iter())
+    }
+
+    /// The encoder's share of the step: its forward (after the GPU build of the step's sets
+    /// and maps) and its backward (`bench`'s encoder timing).
+    pub fn encoder_dispatches(&self) -> impl Iterator<Item = &Dispatch> {
+        self.graph.forward()[..self.encoder_forward].iter().chain(self.graph.backward()[self.encoder_backward..].iter())
+    }
+
+    /// The optimizer's dispatches (empty for an evaluation graph).
+    pub fn optimizer_dispatches(&self) -> &[Dispatch] {
+        self.optimizer.as_ref().map_or(&[], |o| o.dispatches())
     }
 
     /// Number of dispatches of one training step (forward, backward, optimizer).
     pub fn dispatch_count(&self) -> usize {
-        self.graph.forward.len() + self.graph.backward.len() + self.optimizer.as_ref().map_or(0, |o| o.dispatches().len())
+        self.graph.forward().len() + self.graph.backward().len() + self.optimizer_dispatches().len()
     }
 
     /// Submit forward + loss + backward (no wait).
     pub fn submit_forward_backward(&mut self) {
-        let ctx = self.graph.ctx;
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("fwd+bwd"), timestamp_writes: None });
-            for d in self.forward_backward() {
-                d.encode(&mut pass);
-            }
-        }
-        ctx.queue.submit([enc.finish()]);
-        if self.graph.train {
+        self.graph.ctx().submit(self.forward_backward());
+        if self.graph.is_train() {
             self.graph.count_bn_forward();
         }
     }
 
+    /// Run the forward (and loss) alone and wait: an evaluation graph's whole work.
+    pub fn run_forward(&self) -> Result<()> {
+        self.graph.ctx().run(self.graph.forward())
+    }
+
     /// Submit the optimizer step `step` (1-based) with this step's lr and weight decay.
     pub fn submit_optimizer(&mut self, step: u32, lr: f32, weight_decay: f32) -> Result<()> {
-        let ctx = self.graph.ctx;
+        let ctx = self.graph.ctx();
         let opt = self.optimizer.as_ref().context("this graph was built without an optimizer")?;
         opt.set_hyper(ctx, step, lr, weight_decay);
         ctx.submit(opt.dispatches());
@@ -400,7 +447,7 @@ impl<'c> SparkModel<'c> {
         measure_wait: bool,
     ) -> Result<crate::dist::StepTimes> {
         use std::time::Instant;
-        let ctx = self.graph.ctx;
+        let ctx = self.graph.ctx();
         let mut times = crate::dist::StepTimes::default();
         let inv = (1.0 / coll.size() as f64) as f32;
         // One all-reduce of `v` (and the barrier before it in `bench`).
@@ -416,7 +463,7 @@ impl<'c> SparkModel<'c> {
             times.reduced_bytes += 4 * v.len() as u64;
             Ok(())
         };
-        let grads = self.graph.params.grads.clone();
+        let grads = self.graph.params().grads.clone();
         let bucket = crate::dist::ALLREDUCE_BUCKET_FLOATS;
         let buckets = |range: std::ops::Range<usize>| {
             let g = grads.clone();
@@ -437,12 +484,12 @@ impl<'c> SparkModel<'c> {
         let overlap_end =
             (self.decoder_grad_start + crate::dist::OVERLAP_BUCKETS * bucket).min(grads.len).max(self.decoder_grad_start);
         // Only when both the decoder's and the encoder's backward are non-empty.
-        let overlap = 0 < self.encoder_backward && self.encoder_backward < self.graph.backward.len();
+        let overlap = 0 < self.encoder_backward && self.encoder_backward < self.graph.backward().len();
         self.graph.set_drop_path_step(self.drop_path_seed, step as u64);
         let t = Instant::now();
-        for (pass, list) in [(Pass::Forward, &self.graph.forward), (Pass::Backward, &self.graph.backward)] {
+        for (pass, list) in [(Pass::Forward, self.graph.forward()), (Pass::Backward, self.graph.backward())] {
             let mut cuts: Vec<(usize, Option<&crate::graph::HostPoint>)> =
-                self.graph.host_points.iter().filter(|p| p.pass == pass).map(|p| (p.at, Some(p))).collect();
+                self.graph.host_points().iter().filter(|p| p.pass == pass).map(|p| (p.at, Some(p))).collect();
             if pass == Pass::Backward {
                 // Before the host point at the same index, so that bucket reads come first.
                 let i = cuts.partition_point(|c| c.0 < self.encoder_backward);
@@ -476,7 +523,7 @@ impl<'c> SparkModel<'c> {
                 }
             }
         }
-        if self.graph.train {
+        if self.graph.is_train() {
             self.graph.count_bn_forward();
         }
         while !pending.is_empty() {
@@ -495,16 +542,16 @@ impl<'c> SparkModel<'c> {
         }
         // The loss every rank logs: the mean of the ranks' losses (each the mean over an
         // equal share of the masked patches) is the global batch's loss.
-        let mut loss = ctx.read_f32(&self.loss)?;
+        let mut loss = ctx.read_f32(&self.loss.loss)?;
         reduce(&mut loss, &mut times)?;
-        ctx.write(&self.loss, &[loss[0] * inv]);
+        ctx.write(&self.loss.loss, &[loss[0] * inv]);
         self.submit_optimizer(step, lr, weight_decay)?;
         Ok(times)
     }
 
     /// The loss of the last submitted forward (blocking read).
     pub fn read_loss(&self) -> Result<f32> {
-        Ok(self.graph.ctx.read_f32(&self.loss)?[0])
+        Ok(self.graph.ctx().read_f32(&self.loss.loss)?[0])
     }
 
     /// Encoder feature map `i` as dense NCHW with zeros at masked sites (blocking).
@@ -512,7 +559,7 @@ impl<'c> SparkModel<'c> {
         let v = self.features[i];
         let set = self.graph.stage(self.graph.set_of(v));
         let c = self.graph.channels(v);
-        let rows = self.graph.ctx.read_f32(self.graph.tensor(v))?;
+        let rows = self.graph.ctx().read_f32(self.graph.tensor(v))?;
         let dense = self.graph.active_set(self.graph.set_of(v)).scatter(&rows, c, &vec![0.0; c]);
         Ok((vec![self.batch, c, set.h, set.w], bhwc_to_nchw(&dense, self.batch, set.h, set.w, c)))
     }
@@ -520,16 +567,68 @@ impl<'c> SparkModel<'c> {
     /// The reconstruction as NCHW (blocking).
     pub fn read_rec_nchw(&self) -> Result<Vec<f32>> {
         let s = self.cfg.input_size;
-        let d = self.graph.ctx.read_f32(self.graph.tensor(self.rec))?;
+        let d = self.graph.ctx().read_f32(self.graph.tensor(self.rec))?;
         Ok(bhwc_to_nchw(&d, self.batch, s, s, 3))
     }
 
+    /// The model's parameters and buffers.
     pub fn params(&self) -> &ParamStore {
-        &self.graph.params
+        self.graph.params()
     }
 
+    /// The model's parameters and buffers, to write (checkpoints, weights from elsewhere).
     pub fn params_mut(&mut self) -> &mut ParamStore {
-        &mut self.graph.params
+        self.graph.params_mut()
+    }
+
+    /// The configuration the model was built for.
+    pub fn config(&self) -> &SparkConfig {
+        &self.cfg
+    }
+
+    /// Images per step.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The static graph (read-only: its tensors, sets and dispatches).
+    pub fn graph(&self) -> &Graph<'c> {
+        &self.graph
+    }
+
+    /// The loss tensors: the mean masked-patch loss `[1]` and the per-patch losses.
+    pub fn loss(&self) -> &LossOutputs {
+        &self.loss
+    }
+
+    /// The reconstruction `[B, H, W, 3]`.
+    pub fn rec(&self) -> Var {
+        self.rec
+    }
+
+    /// The encoder's feature maps (strides 4, 8, 16, 32), sparse rows.
+    pub fn features(&self) -> &[Var] {
+        &self.features
+    }
+
+    /// The optimizer (None for an evaluation graph).
+    pub fn optimizer(&self) -> Option<&Lamb> {
+        self.optimizer.as_ref()
+    }
+
+    /// The optimizer, to restore its state from a checkpoint.
+    pub fn optimizer_mut(&mut self) -> Option<&mut Lamb> {
+        self.optimizer.as_mut()
+    }
+
+    /// Draw the drop-path masks of training step `step` (1-based, as `train_step` does).
+    pub fn set_drop_path_step(&self, step: u64) {
+        self.graph.set_drop_path_step(self.drop_path_seed, step);
+    }
+
+    /// Bytes of every buffer created for this model's graph.
+    pub fn gpu_memory_bytes(&self) -> u64 {
+        self.graph.gpu_memory_bytes()
     }
 }
 
