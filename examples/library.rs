@@ -9,7 +9,6 @@ use spark_wgpu::data::{Loader, LoaderConfig, ProceduralSource};
 use spark_wgpu::gpu::GpuContext;
 use spark_wgpu::model::{SparkConfig, SparkModel};
 use spark_wgpu::optim::lamb::LambConfig;
-use spark_wgpu::sparse::PatchMask;
 
 fn main() -> anyhow::Result<()> {
     let ctx = GpuContext::new_default()?;
@@ -21,10 +20,9 @@ fn main() -> anyhow::Result<()> {
     let mut model = SparkModel::builder(&ctx, cfg.clone(), batch).optimizer(lamb).init_seed(0).build()?;
     let source = Arc::new(ProceduralSource::new(64, 64, 0));
     let mut loader = Loader::new(source, LoaderConfig { batch, size: 64, mask_ratio: 0.6, seed: 0, workers: 2, prefetch: 2 })?;
-    let f = cfg.grid();
     for step in 1..=10u32 {
         let b = loader.next_batch()?;
-        model.set_batch(&b.images, &PatchMask::new(batch, f, f, b.visible))?;
+        model.set_batch(&b.images, &b.mask)?;
         model.train_step(step, 1e-3, 0.04)?;
         // A blocking read for the example; `spark-wgpu pretrain` reads losses asynchronously.
         println!("step {step:>2}: loss {:.4}", model.read_loss()?);

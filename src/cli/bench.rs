@@ -217,7 +217,7 @@ fn spark_config(a: &BenchArgs) -> Result<SparkConfig> {
 fn run_dist(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) -> Result<()> {
     let cfg = spark_config(a)?;
     let n = world.size();
-    let grad_floats: usize = crate::model::spark::parameter_specs(&cfg)
+    let grad_floats: usize = crate::model::spark::parameter_specs(&cfg)?
         .iter()
         .filter(|s| s.kind == crate::graph::Kind::Trainable)
         .map(|s| s.numel())

@@ -10,6 +10,9 @@ pub enum EncoderConfig {
     Resnet { bottleneck: bool, layers: Vec<usize>, channels: Vec<usize> },
     /// Official ConvNeXt.
     Convnext { depths: Vec<usize>, dims: Vec<usize> },
+    /// An encoder defined outside the crate (a [`crate::model::Backbone`], given to the
+    /// builder with [`crate::model::SparkBuilder::backbone`]): its name and feature widths.
+    Custom { name: String, feature_widths: Vec<usize> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,13 +99,15 @@ impl EncoderConfig {
                 channels.iter().map(|c| c * if *bottleneck { 4 } else { 1 }).collect()
             }
             EncoderConfig::Convnext { dims, .. } => dims.clone(),
+            EncoderConfig::Custom { feature_widths, .. } => feature_widths.clone(),
         }
     }
 
     /// The official densify norm of the family.
     pub fn default_densify_norm(&self) -> DensifyNorm {
         match self {
-            EncoderConfig::Resnet { .. } => DensifyNorm::Bn,
+            // BatchNorm for every CNN but ConvNeXt (whose blocks use LayerNorm).
+            EncoderConfig::Resnet { .. } | EncoderConfig::Custom { .. } => DensifyNorm::Bn,
             EncoderConfig::Convnext { .. } => DensifyNorm::Ln,
         }
     }
@@ -110,7 +115,8 @@ impl EncoderConfig {
     /// LAMB β2 of the official recipe (0.95 for ResNet, 0.999 for ConvNeXt).
     pub fn default_beta2(&self) -> f64 {
         match self {
-            EncoderConfig::Resnet { .. } => 0.95,
+            // A custom encoder gets the recipe of the plain CNNs.
+            EncoderConfig::Resnet { .. } | EncoderConfig::Custom { .. } => 0.95,
             EncoderConfig::Convnext { .. } => 0.999,
         }
     }
@@ -123,6 +129,13 @@ impl SparkConfig {
     pub fn from_preset(model: &str, input_size: usize, dec_width: usize, mask_ratio: f64) -> Result<Self> {
         let encoder = EncoderConfig::preset(model)?;
         Ok(Self { densify_norm: encoder.default_densify_norm(), encoder, input_size, dec_width, mask_ratio })
+    }
+
+    /// The SparK configuration of a backbone defined outside the crate (BatchNorm densify
+    /// norms); build it with [`crate::model::SparkBuilder::backbone`].
+    pub fn for_backbone(backbone: &dyn crate::model::Backbone, input_size: usize, dec_width: usize, mask_ratio: f64) -> Self {
+        let encoder = EncoderConfig::Custom { name: backbone.name(), feature_widths: backbone.feature_widths() };
+        Self { densify_norm: encoder.default_densify_norm(), encoder, input_size, dec_width, mask_ratio }
     }
 
     /// Refuse an input size, mask ratio or decoder width the model cannot be built for.

@@ -15,6 +15,7 @@
 //!   1/0; densify projections PyTorch's default Conv2d init; mask tokens truncated normal
 //!   (std 0.02, cut at ±0.02).
 
+pub mod backbone;
 pub mod config;
 mod convnext;
 mod decoder;
@@ -23,7 +24,8 @@ mod resnet;
 pub mod spark;
 
 pub use config::{DensifyNorm, EncoderConfig, SparkConfig, PATCH};
-pub use spark::SparkModel;
+pub use backbone::{Backbone, DeclaredBackbone};
+pub use spark::{SparkBuilder, SparkModel};
 
 use crate::graph::nodes::{BnIds, ConvIds};
 use crate::graph::{Init, Kind, ParamRegistry};

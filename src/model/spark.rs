@@ -8,7 +8,7 @@ use super::config::{DensifyNorm, EncoderConfig, PATCH, SparkConfig};
 use super::convnext::{ConvNeXt, LN_EPS};
 use super::decoder::LightDecoder;
 use super::resnet::ResNet;
-use super::{declare_bn, declare_conv};
+use super::{Backbone, DeclaredBackbone, declare_bn, declare_conv};
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 use crate::graph::nodes::{BnIds, ConvIds};
 use crate::graph::{Graph, GraphOptions, Init, Kind, LossOutputs, ParamId, ParamRegistry, ParamStore, Pass, Var};
@@ -19,6 +19,7 @@ use crate::sparse::{PatchMask, Window};
 enum Encoder {
     Resnet(ResNet),
     Convnext(ConvNeXt),
+    Custom(Box<dyn DeclaredBackbone>),
 }
 
 enum DensifyNormIds {
@@ -75,6 +76,8 @@ pub struct SparkBuilder<'c> {
     /// Seed of the official initialisation; None: leave the weights zero (they are
     /// loaded next, from a checkpoint or a parity case).
     init_seed: Option<u64>,
+    /// An encoder defined outside the crate (`cfg.encoder` is then `Custom`).
+    backbone: Option<std::sync::Arc<dyn Backbone>>,
 }
 
 impl<'c> SparkBuilder<'c> {
@@ -121,6 +124,13 @@ impl<'c> SparkBuilder<'c> {
     pub fn data_parallel(mut self, first: usize, global: usize, sync_bn_world: usize) -> Self {
         self.graph.shard = Some((first, global));
         self.graph.sync_bn_world = sync_bn_world.max(1);
+        self
+    }
+
+    /// Use an encoder defined outside the crate (see [`Backbone`]); `cfg` must come from
+    /// [`SparkConfig::for_backbone`] of the same backbone.
+    pub fn backbone(mut self, backbone: impl Backbone + 'static) -> Self {
+        self.backbone = Some(std::sync::Arc::new(backbone));
         self
     }
 
@@ -189,7 +199,7 @@ impl<'c> SparkBuilder<'c> {
     fn build_graph(&self) -> Result<SparkModel<'c>> {
         let (ctx, cfg, batch) = (self.ctx, &self.cfg, self.batch);
         let mut reg = ParamRegistry::default();
-        let (encoder, densify, decoder, encoder_specs) = declare(&mut reg, cfg, self.drop_path_rate);
+        let (encoder, densify, decoder, encoder_specs) = declare(&mut reg, cfg, self.backbone.as_deref(), self.drop_path_rate)?;
         let store = ParamStore::allocate(ctx, reg);
         let decoder_grad_start = (encoder_specs..store.specs.len())
             .map(ParamId)
@@ -218,7 +228,9 @@ impl<'c> SparkBuilder<'c> {
         let features = match &encoder {
             Encoder::Resnet(r) => r.forward(&mut g, pixels, size)?,
             Encoder::Convnext(c) => c.forward(&mut g, pixels, size)?,
+            Encoder::Custom(c) => c.forward(&mut g, pixels, size)?,
         };
+        check_features(&g, &features, &cfg.encoder.feature_widths(), size)?;
         let encoder_forward = g.forward().len();
         let encoder_tape = g.tape_len();
         let mut to_dec = vec![];
@@ -286,18 +298,66 @@ impl<'c> SparkBuilder<'c> {
     }
 }
 
+/// Refuse encoder features that SparK's densify stages and decoder cannot take: the
+/// widths declared, at strides 32, 16, 8, 4 counted from the last (smallest) map.
+fn check_features(g: &Graph, features: &[Var], widths: &[usize], input_size: usize) -> Result<()> {
+    anyhow::ensure!(
+        !features.is_empty() && features.len() == widths.len() && widths.len() <= 4,
+        "the encoder returned {} feature maps for {} declared widths (1 to 4 expected)",
+        features.len(),
+        widths.len()
+    );
+    for (i, (&v, &c)) in features.iter().rev().zip(widths.iter().rev()).enumerate() {
+        let stride = PATCH >> i;
+        let set = g.stage(g.set_of(v));
+        anyhow::ensure!(
+            g.channels(v) == c && set.h * stride == input_size && set.w * stride == input_size,
+            "encoder feature map {} is {}×{} with {} channels; expected {}×{} (stride {stride}) with {c}",
+            features.len() - 1 - i,
+            set.h,
+            set.w,
+            g.channels(v),
+            input_size / stride,
+            input_size / stride
+        );
+    }
+    Ok(())
+}
+
 /// The encoder, densify stages and decoder of `cfg`, and how many of the declared
 /// parameters are the encoder's (they come first).
 fn declare(
     reg: &mut ParamRegistry,
     cfg: &SparkConfig,
+    backbone: Option<&dyn Backbone>,
     drop_path_rate: f64,
-) -> (Encoder, Vec<Densify>, LightDecoder, usize) {
-    let encoder = match &cfg.encoder {
-        EncoderConfig::Resnet { bottleneck, layers, channels } => {
+) -> Result<(Encoder, Vec<Densify>, LightDecoder, usize)> {
+    let encoder = match (&cfg.encoder, backbone) {
+        (EncoderConfig::Custom { name, feature_widths }, Some(b)) => {
+            anyhow::ensure!(
+                (b.name(), b.feature_widths()) == (name.clone(), feature_widths.clone()),
+                "the configuration describes encoder {name:?} with feature widths {feature_widths:?}, the backbone is {:?} with {:?}",
+                b.name(),
+                b.feature_widths()
+            );
+            let e = b.declare(reg, drop_path_rate)?;
+            if let Some(s) = reg.specs.iter().find(|s| !s.name.starts_with(crate::io::names::ENCODER_PREFIX)) {
+                anyhow::bail!(
+                    "backbone {name:?}: parameter {} is not named under {:?} (every encoder parameter must be)",
+                    s.name,
+                    crate::io::names::ENCODER_PREFIX
+                );
+            }
+            Encoder::Custom(e)
+        }
+        (EncoderConfig::Custom { name, .. }, None) => {
+            anyhow::bail!("encoder {name:?} is defined outside the crate: give its Backbone to SparkBuilder::backbone")
+        }
+        (_, Some(b)) => anyhow::bail!("backbone {:?} given for a configuration of a built-in encoder", b.name()),
+        (EncoderConfig::Resnet { bottleneck, layers, channels }, None) => {
             Encoder::Resnet(ResNet::declare(reg, *bottleneck, layers, channels, drop_path_rate))
         }
-        EncoderConfig::Convnext { depths, dims } => Encoder::Convnext(ConvNeXt::declare(reg, depths, dims, drop_path_rate)),
+        (EncoderConfig::Convnext { depths, dims }, None) => Encoder::Convnext(ConvNeXt::declare(reg, depths, dims, drop_path_rate)),
     };
     // Everything declared from here on (decoder, densify) lies after the encoder in the
     // flat buffers: `SparkModel::decoder_grad_start` relies on it.
@@ -328,14 +388,14 @@ fn declare(
         densify.push(Densify { norm, token, proj, dec_width: d });
         d /= 2;
     }
-    (encoder, densify, decoder, encoder_specs)
+    Ok((encoder, densify, decoder, encoder_specs))
 }
 
-/// The parameter layout of a configuration (names, shapes, kinds) without a GPU.
-pub fn parameter_specs(cfg: &SparkConfig) -> Vec<crate::graph::ParamSpec> {
+/// The parameter layout of a built-in configuration (names, shapes, kinds) without a GPU.
+pub fn parameter_specs(cfg: &SparkConfig) -> Result<Vec<crate::graph::ParamSpec>> {
     let mut reg = ParamRegistry::default();
-    declare(&mut reg, cfg, 0.0);
-    reg.specs
+    declare(&mut reg, cfg, None, 0.0)?;
+    Ok(reg.specs)
 }
 
 impl<'c> SparkModel<'c> {
@@ -351,6 +411,7 @@ impl<'c> SparkModel<'c> {
             drop_path_rate: 0.0,
             drop_path_seed: 0,
             init_seed: Some(0),
+            backbone: None,
         }
     }
 

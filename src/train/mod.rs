@@ -22,7 +22,6 @@ use crate::gpu::GpuContext;
 use crate::model::{EncoderConfig, SparkConfig, SparkModel};
 use crate::optim::lamb::LambConfig;
 use crate::optim::schedule::{lr_wd_at, peak_lr};
-use crate::sparse::PatchMask;
 use loss_ring::LossRing;
 
 /// Everything that defines a run (saved as `config.json` in the run directory).
@@ -313,7 +312,6 @@ pub fn pretrain_dist(
         _ => None,
     };
     let mut last_viz: Option<PathBuf> = None;
-    let f = cfg.spark.grid();
     let save_every = cfg.save_every.unwrap_or(spe).max(1);
     let mut pending: Vec<(usize, f32, f32)> = vec![];
     let mut sched: HashMap<usize, (f64, f64)> = HashMap::new();
@@ -374,8 +372,7 @@ pub fn pretrain_dist(
             break;
         }
         let batch = loader.next_batch()?;
-        let mask = PatchMask::new(local_batch, f, f, batch.visible.clone());
-        model.set_batch(&batch.images, &mask)?;
+        model.set_batch(&batch.images, &batch.mask)?;
         let (lr, wd) = lr_wd_at(peak, cfg.weight_decay, cfg.weight_decay_end, step, warmup_it, schedule_len);
         sched.insert(step, (lr, wd));
         if world > 1 {
