@@ -2,18 +2,17 @@
 //! regressions anywhere in the graph show in `cargo bench`. Run: `cargo bench --bench step`.
 
 use spark_wgpu::gpu::GpuContext;
-use spark_wgpu::model::{EncoderConfig, SparkConfig, SparkModel};
+use spark_wgpu::model::{SparkConfig, SparkModel};
 use spark_wgpu::optim::lamb::LambConfig;
 use spark_wgpu::testing::{random_patch_mask, random_vec};
 use std::time::Instant;
 
 fn bench(ctx: &GpuContext, model: &str, size: usize, batch: usize, dec_width: usize, steps: usize) {
-    let encoder = EncoderConfig::preset(model).unwrap();
-    let beta2 = encoder.default_beta2() as f32;
-    let cfg = SparkConfig { densify_norm: encoder.default_densify_norm(), encoder, input_size: size, dec_width, mask_ratio: 0.6 };
+    let cfg = SparkConfig::from_preset(model, size, dec_width, 0.6).unwrap();
+    let beta2 = cfg.encoder.default_beta2() as f32;
     let f = cfg.grid();
     let ratio = cfg.visible_per_image() as f64 / (f * f) as f64;
-    let mut m = SparkModel::build(ctx, cfg, batch, Some(LambConfig::spark(beta2))).unwrap();
+    let mut m = SparkModel::builder(ctx, cfg, batch).optimizer(LambConfig::spark(beta2)).build().unwrap();
     let images = random_vec(1, batch * size * size * 3);
     let mut times = vec![];
     for i in 0..=steps {

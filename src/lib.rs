@@ -18,6 +18,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod parity;
+pub mod rng;
 pub mod sparse;
 pub mod testing;
 pub mod train;

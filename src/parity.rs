@@ -113,7 +113,7 @@ pub fn run_case(ctx: &GpuContext, path: &Path) -> Result<Report> {
     let active = case.active().to_f32().iter().map(|&v| v as u8).collect::<Vec<u8>>();
     let f = cfg.grid();
     let mask = PatchMask::new(batch, f, f, active);
-    let mut model = SparkModel::build_with_visible(ctx, cfg.clone(), batch, Some(lamb), mask.visible_count() / batch)?;
+    let mut model = SparkModel::builder(ctx, cfg.clone(), batch).optimizer(lamb).visible_per_image(mask.visible_count() / batch).without_init().build()?;
 
     // Parameters and buffers by their official names.
     let inputs = case.inputs();
@@ -134,7 +134,7 @@ pub fn run_case(ctx: &GpuContext, path: &Path) -> Result<Report> {
         let loss = model.read_loss()? as f64;
         out.insert(format!("out.loss.{step}"), HostTensor { shape: vec![1], data: HostData::F64(vec![loss]) });
         if step == 0 {
-            for i in 0..model.features.len() {
+            for i in 0..model.features().len() {
                 let (shape, v) = model.read_feature_nchw(i)?;
                 out.insert(format!("out.enc.{i}"), f32_tensor(shape, v));
             }

@@ -123,7 +123,7 @@ fn corrupt_files_are_skipped_not_fatal() {
     for _ in 0..6 {
         let b = l.next_batch().unwrap();
         assert_eq!(b.images.len(), 4 * 64 * 64 * 3);
-        assert_eq!(b.visible.len(), 4 * 2 * 2);
+        assert_eq!(b.mask.visible.len(), 4 * 2 * 2);
         assert!(b.images.iter().all(|v| v.is_finite()));
         for &i in &b.indices {
             let name = src.describe(i);
@@ -194,11 +194,11 @@ fn epochs_are_permutations_with_exact_masks() {
     assert_ne!(b[0].indices, b[5].indices);
     for x in &b {
         for i in 0..4 {
-            assert_eq!(x.visible[i * 4..i * 4 + 4].iter().filter(|&&v| v == 1).count(), 2);
+            assert_eq!(x.mask.visible[i * 4..i * 4 + 4].iter().filter(|&&v| v == 1).count(), 2);
         }
     }
     // Masks differ between steps.
-    assert!(b.windows(2).any(|w| w[0].visible != w[1].visible));
+    assert!(b.windows(2).any(|w| w[0].mask != w[1].mask));
 }
 
 #[test]
@@ -256,7 +256,7 @@ fn shards_side_by_side_are_the_whole_batch() {
         assert_eq!((a.batch, b.batch), (1, 3));
         assert_eq!((a.epoch, a.step), (w.epoch, w.step));
         assert_eq!([a.images.clone(), b.images.clone()].concat(), w.images);
-        assert_eq!([a.visible.clone(), b.visible.clone()].concat(), w.visible);
+        assert_eq!([a.mask.visible.clone(), b.mask.visible.clone()].concat(), w.mask.visible);
         assert_eq!([a.indices.clone(), b.indices.clone()].concat(), w.indices);
     }
     assert!(Loader::new_shard(src.clone(), cfg(4, 1), 2..5).is_err());

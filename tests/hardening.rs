@@ -134,23 +134,22 @@ fn no_driver_noise_on_a_headless_machine() {
 #[test]
 fn a_batch_over_the_buffer_limit_is_refused_before_allocating_naming_a_batch_that_fits() {
     use spark_wgpu::gpu::GpuContext;
-    use spark_wgpu::model::{DensifyNorm, EncoderConfig, SparkConfig, SparkModel};
+    use spark_wgpu::model::{SparkConfig, SparkModel};
     use spark_wgpu::optim::lamb::LambConfig;
     let mut ctx = GpuContext::new_default().unwrap();
     ctx.limits.max_storage_buffer_binding_size = 4 << 20;
     ctx.limits.max_buffer_size = 8 << 20;
-    let cfg = SparkConfig {
-        densify_norm: DensifyNorm::Bn,
-        encoder: EncoderConfig::preset("resnet_tiny").unwrap(),
-        input_size: 64,
-        dec_width: 32,
-        mask_ratio: 0.6,
-    };
-    let lamb = Some(LambConfig::spark(0.95));
+    fn builder<'c>(ctx: &'c GpuContext, b: usize) -> spark_wgpu::model::SparkBuilder<'c> {
+        let cfg = SparkConfig::from_preset("resnet_tiny", 64, 32, 0.6).unwrap();
+        SparkModel::builder(ctx, cfg, b).optimizer(LambConfig::spark(0.95))
+    }
+    fn build<'c>(ctx: &'c GpuContext, b: usize) -> anyhow::Result<SparkModel<'c>> {
+        builder(ctx, b).build()
+    }
     // The decoder's transposed-conv map at 64² ([B·4096, 16] i32) is over 8 MiB from batch 33 on.
     let batch = 120;
     let before = ctx.allocated_bytes();
-    let err = SparkModel::build(&ctx, cfg.clone(), batch, lamb).err().expect("batch 120 must not fit 8 MiB buffers").to_string();
+    let err = build(&ctx, batch).err().expect("batch 120 must not fit 8 MiB buffers").to_string();
     assert_eq!(ctx.allocated_bytes(), before, "the refusal allocated buffers: {err}");
     assert!(err.contains("batch 120") && err.contains("max_buffer_size") && err.contains("8.0 MiB"), "{err}");
     let fits: usize = err
@@ -161,18 +160,18 @@ fn a_batch_over_the_buffer_limit_is_refused_before_allocating_naming_a_batch_tha
         .unwrap_or_else(|| panic!("no batch suggested: {err}"));
     assert!((1..33).contains(&fits), "suggested batch {fits}: {err}");
     let misfit = |b: usize| {
-        SparkModel::dry_run(&ctx, &cfg, b, lamb, cfg.visible_per_image(), Default::default()).unwrap().misfit(&ctx)
+        builder(&ctx, b).dry_run().unwrap().misfit(&ctx)
     };
     assert_eq!(misfit(fits), None, "the suggested batch {fits} does not fit");
     assert!(misfit(fits + 1).is_some(), "batch {} fits too: the suggestion is not the largest", fits + 1);
     // And the suggested batch really builds and binds without a wgpu error.
-    let m = SparkModel::build(&ctx, cfg.clone(), fits, lamb).unwrap();
+    let m = build(&ctx, fits).unwrap();
     ctx.check("building the suggested batch").unwrap();
     drop(m);
     // A CPU adapter allocates host memory: a graph over what is available is refused the
     // same way (the budget is lowered to what batch 8 needs).
-    let need_8 = SparkModel::dry_run(&ctx, &cfg, 8, lamb, cfg.visible_per_image(), Default::default()).unwrap().needed_bytes();
+    let need_8 = builder(&ctx, 8).dry_run().unwrap().needed_bytes();
     ctx.memory_budget = Some(need_8);
-    let err = SparkModel::build(&ctx, cfg.clone(), 16, lamb).err().expect("batch 16 must not fit batch 8's memory").to_string();
+    let err = build(&ctx, 16).err().expect("batch 16 must not fit batch 8's memory").to_string();
     assert!(err.contains("batch 16") && err.contains("host memory") && err.contains("use --batch 8"), "{err}");
 }

@@ -3,28 +3,35 @@
 //! tensor even when every shared buffer is filled with NaN before each step, so no
 //! tensor reads what another left behind, nor what it held in the previous step.
 
-use spark_wgpu::gpu::GpuContext;
-use spark_wgpu::model::spark::BuildOptions;
-use spark_wgpu::model::{EncoderConfig, SparkConfig, SparkModel};
+use spark_wgpu::gpu::{GpuContext, MemoryStats};
+use spark_wgpu::model::{SparkConfig, SparkModel};
 use spark_wgpu::optim::lamb::LambConfig;
 use spark_wgpu::testing::{random_patch_mask, random_vec};
-use spark_wgpu::train::init::init_params;
 
 fn tiny(model: &str) -> SparkConfig {
-    let encoder = EncoderConfig::preset(model).unwrap();
-    SparkConfig { densify_norm: encoder.default_densify_norm(), encoder, input_size: 64, dec_width: 32, mask_ratio: 0.5 }
+    SparkConfig::from_preset(model, 64, 32, 0.5).unwrap()
+}
+
+/// How the graph is built: chunks of images, and a buffer per tensor or the plan.
+#[derive(Clone, Copy)]
+struct Options {
+    chunk_images: Option<usize>,
+    dedicated_buffers: bool,
 }
 
 /// Three training steps; with `scramble`, the shared buffers are NaN before each one.
 /// Returns (losses, parameters and buffers as bits, the model's memory stats).
-fn three_steps(ctx: &GpuContext, cfg: &SparkConfig, options: BuildOptions, scramble: bool) -> (Vec<u32>, Vec<Vec<u32>>, spark_wgpu::gpu::MemoryStats) {
+fn three_steps(ctx: &GpuContext, cfg: &SparkConfig, options: Options, scramble: bool) -> (Vec<u32>, Vec<Vec<u32>>, MemoryStats) {
     let batch = 3;
     let beta2 = cfg.encoder.default_beta2() as f32;
-    let mut m = SparkModel::build_full(ctx, cfg.clone(), batch, Some(LambConfig::spark(beta2)), cfg.visible_per_image(), options).unwrap();
-    let specs = m.params().specs.clone();
-    for (s, v) in specs.iter().zip(init_params(&specs, 9)) {
-        m.params_mut().set(ctx, &s.name, &s.shape, &v).unwrap();
-    }
+    let mut m = SparkModel::builder(ctx, cfg.clone(), batch)
+        .optimizer(LambConfig::spark(beta2))
+        .drop_path(0.1, 3)
+        .chunk_images(options.chunk_images)
+        .dedicated_buffers(options.dedicated_buffers)
+        .init_seed(9)
+        .build()
+        .unwrap();
     let mut losses = vec![];
     for step in 1..=3u32 {
         let images = random_vec(300 + step as u64, batch * 64 * 64 * 3);
@@ -33,7 +40,7 @@ fn three_steps(ctx: &GpuContext, cfg: &SparkConfig, options: BuildOptions, scram
         if scramble {
             m.scramble_shared_memory();
         }
-        m.graph.set_drop_path_step(options.seed, step as u64);
+        m.set_drop_path_step(step as u64);
         m.train_step(step, 1e-3, 0.05).unwrap();
         ctx.check("a training step").unwrap();
         let loss = m.read_loss().unwrap();
@@ -41,7 +48,7 @@ fn three_steps(ctx: &GpuContext, cfg: &SparkConfig, options: BuildOptions, scram
         losses.push(loss.to_bits());
     }
     let params = m.params().ids().map(|p| m.params().get(ctx, p).unwrap().iter().map(|v| v.to_bits()).collect()).collect();
-    (losses, params, m.memory)
+    (losses, params, *m.memory())
 }
 
 #[test]
@@ -50,8 +57,8 @@ fn shared_buffers_change_no_bit_of_training() {
     for model in ["resnet_tiny", "convnext_pico"] {
         for chunk_images in [None, Some(2)] {
             let cfg = tiny(model);
-            let base = BuildOptions { drop_path_rate: 0.1, seed: 3, chunk_images, ..Default::default() };
-            let own = three_steps(&ctx, &cfg, BuildOptions { dedicated_buffers: true, ..base }, false);
+            let base = Options { chunk_images, dedicated_buffers: false };
+            let own = three_steps(&ctx, &cfg, Options { dedicated_buffers: true, ..base }, false);
             let planned = three_steps(&ctx, &cfg, base, true);
             let what = format!("{model}, chunks of {chunk_images:?} images");
             let (m, o) = (planned.2, own.2);

@@ -8,7 +8,7 @@ use spark_wgpu::gpu::GpuContext;
 use spark_wgpu::io::golden::golden_dir;
 use spark_wgpu::io::pth::load_state_dict;
 use spark_wgpu::io::tensors::read_safetensors;
-use spark_wgpu::model::{DensifyNorm, EncoderConfig, SparkConfig, SparkModel};
+use spark_wgpu::model::{SparkConfig, SparkModel};
 use spark_wgpu::optim::lamb::LambConfig;
 use spark_wgpu::train::checkpoint::{self, read_any, state_dict};
 use spark_wgpu::train::{CHECKPOINT_FILE, CURVE_FILE, LOG_FILE, PretrainConfig, pretrain};
@@ -70,20 +70,14 @@ fn a_resumed_run_equals_the_uninterrupted_run_bit_for_bit() {
 }
 
 fn golden_resnet_cfg() -> SparkConfig {
-    SparkConfig {
-        encoder: EncoderConfig::preset("resnet_tiny").unwrap(),
-        input_size: 64,
-        dec_width: 32,
-        densify_norm: DensifyNorm::Bn,
-        mask_ratio: 0.6,
-    }
+    SparkConfig::from_preset("resnet_tiny", 64, 32, 0.6).unwrap()
 }
 
 #[test]
 fn official_pth_loads_exactly_and_exports_in_timm_naming() {
     let ctx = GpuContext::new_default().unwrap();
     let pth = golden_dir().join("resnet_basic_tiny_withdecoder_1kpretrained_spark_style.pth");
-    let mut m = SparkModel::build(&ctx, golden_resnet_cfg(), 2, Some(LambConfig::spark(0.95))).unwrap();
+    let mut m = SparkModel::builder(&ctx, golden_resnet_cfg(), 2).optimizer(LambConfig::spark(0.95)).build().unwrap();
     let (t, _) = read_any(&pth).unwrap();
     let report = checkpoint::load(&mut m, &t, &pth, true).unwrap();
     assert!(report.missing.is_empty());

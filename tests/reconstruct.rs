@@ -5,7 +5,7 @@
 use image::{ImageBuffer, Rgb, RgbImage};
 use spark_wgpu::gpu::GpuContext;
 use spark_wgpu::io::golden::golden_dir;
-use spark_wgpu::model::{DensifyNorm, EncoderConfig, SparkConfig};
+use spark_wgpu::model::SparkConfig;
 use spark_wgpu::train::{CHECKPOINT_FILE, PretrainConfig, pretrain};
 use std::path::Path;
 use std::sync::Arc;
@@ -79,13 +79,7 @@ fn reconstructs_with_a_checkpoint_of_a_short_run() {
     let run = tempfile::tempdir().unwrap();
     let cfg = PretrainConfig {
         model: "convnext_pico".into(),
-        spark: SparkConfig {
-            encoder: EncoderConfig::preset("convnext_pico").unwrap(),
-            input_size: 64,
-            dec_width: 32,
-            densify_norm: DensifyNorm::Ln,
-            mask_ratio: 0.6,
-        },
+        spark: SparkConfig::from_preset("convnext_pico", 64, 32, 0.6).unwrap(),
         data: None,
         procedural_images: 8,
         batch: 2,

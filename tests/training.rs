@@ -2,25 +2,17 @@
 //! identical runs end with bitwise-identical parameters.
 
 use spark_wgpu::gpu::GpuContext;
-use spark_wgpu::model::spark::BuildOptions;
-use spark_wgpu::model::{EncoderConfig, SparkConfig, SparkModel};
+use spark_wgpu::model::{SparkConfig, SparkModel};
 use spark_wgpu::optim::lamb::LambConfig;
 use spark_wgpu::testing::{random_patch_mask, random_vec};
-use spark_wgpu::train::init::init_params;
 
 fn tiny(model: &str, dec_width: usize) -> SparkConfig {
-    let encoder = EncoderConfig::preset(model).unwrap();
-    SparkConfig { densify_norm: encoder.default_densify_norm(), encoder, input_size: 64, dec_width, mask_ratio: 0.5 }
+    SparkConfig::from_preset(model, 64, dec_width, 0.5).unwrap()
 }
 
 fn build<'c>(ctx: &'c GpuContext, cfg: &SparkConfig, batch: usize, seed: u64) -> SparkModel<'c> {
     let beta2 = cfg.encoder.default_beta2() as f32;
-    let mut m = SparkModel::build(ctx, cfg.clone(), batch, Some(LambConfig::spark(beta2))).unwrap();
-    let specs = m.params().specs.clone();
-    for (s, v) in specs.iter().zip(init_params(&specs, seed)) {
-        m.params_mut().set(ctx, &s.name, &s.shape, &v).unwrap();
-    }
-    m
+    SparkModel::builder(ctx, cfg.clone(), batch).optimizer(LambConfig::spark(beta2)).init_seed(seed).build().unwrap()
 }
 
 /// Smooth images (a model can learn them quickly): per-image colour gradients.
@@ -93,22 +85,31 @@ fn two_identical_runs_are_bitwise_identical() {
     assert_ne!(a, init);
 }
 
+/// What `three_steps` varies between runs.
+#[derive(Clone, Copy, Default)]
+struct Options {
+    drop_path_rate: f64,
+    seed: u64,
+    chunk_images: Option<usize>,
+}
+
 /// Three steps from the same initial parameters: (losses, every parameter and buffer,
 /// dispatch count).
-fn three_steps(ctx: &GpuContext, cfg: &SparkConfig, batch: usize, options: BuildOptions) -> (Vec<f32>, Vec<Vec<f32>>, usize) {
+fn three_steps(ctx: &GpuContext, cfg: &SparkConfig, batch: usize, options: Options) -> (Vec<f32>, Vec<Vec<f32>>, usize) {
     let beta2 = cfg.encoder.default_beta2() as f32;
-    let visible = cfg.visible_per_image();
-    let mut m = SparkModel::build_full(ctx, cfg.clone(), batch, Some(LambConfig::spark(beta2)), visible, options).unwrap();
-    let specs = m.params().specs.clone();
-    for (s, v) in specs.iter().zip(init_params(&specs, 9)) {
-        m.params_mut().set(ctx, &s.name, &s.shape, &v).unwrap();
-    }
+    let mut m = SparkModel::builder(ctx, cfg.clone(), batch)
+        .optimizer(LambConfig::spark(beta2))
+        .drop_path(options.drop_path_rate, options.seed)
+        .chunk_images(options.chunk_images)
+        .init_seed(9)
+        .build()
+        .unwrap();
     let mut losses = vec![];
     for step in 1..=3u32 {
         let images = random_vec(300 + step as u64, batch * 64 * 64 * 3);
         let mask = random_patch_mask(400 + step as u64, batch, 2, 2, 0.5);
         m.set_batch(&images, &mask).unwrap();
-        m.graph.set_drop_path_step(options.seed, step as u64);
+        m.set_drop_path_step(step as u64);
         m.train_step(step, 1e-3, 0.05).unwrap();
         ctx.check("a training step").unwrap();
         losses.push(m.read_loss().unwrap());
@@ -142,9 +143,9 @@ fn every_op_chunked_over_images_trains_like_one_dispatch_per_op() {
     let ctx = GpuContext::new_default().unwrap();
     for model in ["resnet_tiny", "convnext_pico"] {
         let cfg = tiny(model, 32);
-        let whole = BuildOptions { drop_path_rate: 0.1, seed: 3, ..Default::default() };
+        let whole = Options { drop_path_rate: 0.1, seed: 3, ..Default::default() };
         let a = three_steps(&ctx, &cfg, 5, whole);
-        let b = three_steps(&ctx, &cfg, 5, BuildOptions { chunk_images: Some(2), ..whole });
+        let b = three_steps(&ctx, &cfg, 5, Options { chunk_images: Some(2), ..whole });
         // 3 chunks per op wherever the layout allows it (the deepest stages' small views
         // may not start at a bindable offset and stay whole).
         assert!(b.2 as f64 > 2.0 * a.2 as f64, "{model}: {} dispatches chunked vs {} whole", b.2, a.2);
@@ -164,13 +165,13 @@ fn a_batch_over_the_binding_limit_runs_in_chunks() {
     // The largest per-image view at 64² is the transposed 4×4 map: 16 taps × 4096 rows.
     let limit = 16 * 4096 * 4 * 2;
     small.limits.max_storage_buffer_binding_size = limit;
-    let a = three_steps(&ctx, &cfg, 5, BuildOptions::default());
-    let b = three_steps(&small, &cfg, 5, BuildOptions::default());
+    let a = three_steps(&ctx, &cfg, 5, Options::default());
+    let b = three_steps(&small, &cfg, 5, Options::default());
     assert!(b.2 > a.2, "nothing was chunked under a {limit}-byte limit ({} dispatches)", b.2);
     assert_runs_agree(&a, &b, "binding limit");
     // And the chunk choice itself: the most images per chunk under the limit.
-    let m = SparkModel::build(&small, cfg.clone(), 5, None).unwrap();
-    let dense = m.graph.set_of(m.rec);
-    assert_eq!(m.graph.chunks_for(&[(dense, 16)]), Chunks { images: 2, batch: 5 });
-    assert_eq!(m.graph.chunks_for(&[(dense, 3)]), Chunks::whole(5));
+    let m = SparkModel::builder(&small, cfg.clone(), 5).build().unwrap();
+    let dense = m.graph().set_of(m.rec());
+    assert_eq!(m.graph().chunks_for(&[(dense, 16)]), Chunks { images: 2, batch: 5 });
+    assert_eq!(m.graph().chunks_for(&[(dense, 3)]), Chunks::whole(5));
 }

@@ -4,21 +4,18 @@ use anyhow::Result;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::GpuArgs;
+use super::{GpuArgs, ModelArgs};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::model::spark::BuildOptions;
-use crate::model::{EncoderConfig, SparkConfig, SparkModel};
+use crate::model::spark::SparkBuilder;
+use crate::model::{SparkConfig, SparkModel};
 use crate::optim::lamb::LambConfig;
 use crate::train::ranges as R;
 use crate::testing::{random_patch_mask, random_vec};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Encoder preset (resnet18…resnet200, convnext_tiny…convnext_large).
-    #[arg(long, default_value = "resnet50")]
-    pub model: String,
-    #[arg(long, default_value_t = 224, value_parser = |s: &str| R::INPUT_SIZE.parse(s))]
-    pub input_size: usize,
+    #[command(flatten)]
+    pub spark: ModelArgs,
     #[arg(long, default_value_t = 8, value_parser = |s: &str| R::BENCH_BATCH.parse(s))]
     pub batch: usize,
     /// Timed steps (after the warm-up steps); 0 with --warmup 0 times only the encoder.
@@ -26,10 +23,6 @@ pub struct BenchArgs {
     pub steps: usize,
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 768, value_parser = |s: &str| R::DEC_WIDTH.parse(s))]
-    pub dec_width: usize,
-    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true, value_parser = |s: &str| R::MASK_RATIO.parse(s))]
-    pub mask_ratio: f64,
     /// Compute the encoder densely at every site (the official code's dense-then-mask cost).
     #[arg(long)]
     pub dense_encoder: bool,
@@ -63,15 +56,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn timed(ctx: &GpuContext, dispatches: &[&Dispatch]) -> Result<f64> {
     let t = Instant::now();
-    let mut enc = ctx.device.create_command_encoder(&Default::default());
-    {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        for d in dispatches {
-            d.encode(&mut pass);
-        }
-    }
-    ctx.queue.submit([enc.finish()]);
-    ctx.wait()?;
+    ctx.run(dispatches.iter().copied())?;
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
@@ -80,34 +65,25 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
         return run_dist(gpu, a, world);
     }
     let ctx = gpu.open()?;
-    let (encoder, cfg) = spark_config(a)?;
-    let lamb = LambConfig { beta1: 0.9, beta2: encoder.default_beta2() as f32, eps: 1e-6, max_grad_norm: 5.0 };
+    let cfg = spark_config(a)?;
     let t_build = Instant::now();
-    let opts = BuildOptions {
-        dense_encoder: a.dense_encoder,
-        drop_path_rate: crate::ops::drop_path::official_drop_path_rate(&a.model),
-        seed: 0,
-        chunk_images: a.chunk_images.map(|n| n as usize),
-        dedicated_buffers: a.dedicated_buffers,
-        ..Default::default()
-    };
-    let mut model = SparkModel::build_full(&ctx, cfg.clone(), a.batch, Some(lamb), cfg.visible_per_image(), opts)?;
+    let mut model = bench_builder(&ctx, a, cfg.clone(), a.batch).build()?;
     ctx.check("building the benchmark graph")?;
     let build_s = t_build.elapsed().as_secs_f64();
     let f = cfg.grid();
-    let s = a.input_size;
+    let s = a.spark.input_size;
     let images = random_vec(7, a.batch * s * s * 3);
     let visible_ratio = cfg.visible_per_image() as f64 / (f * f) as f64;
     eprintln!("adapter: {}", ctx.describe());
     eprintln!(
         "model {} {}×{} batch {} ({} encoder): graph built in {build_s:.1} s, {} dispatches per step, {:.1} MiB of GPU buffers",
-        a.model,
+        a.spark.model,
         s,
         s,
         a.batch,
         if a.dense_encoder { "dense" } else { "sparse" },
         model.dispatch_count(),
-        model.memory.total() as f64 / (1 << 20) as f64
+        model.gpu_memory_bytes() as f64 / (1 << 20) as f64
     );
     let (mut step_ms, mut host_ms) = (vec![], vec![]);
     for i in 0..a.warmup + a.steps {
@@ -134,10 +110,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
     }
     let step = median(step_ms);
     let host = median(host_ms);
-    let enc: Vec<&Dispatch> = model.graph.forward[..model.encoder_forward]
-        .iter()
-        .chain(model.graph.backward[model.encoder_backward..].iter())
-        .collect();
+    let enc: Vec<&Dispatch> = model.encoder_dispatches().collect();
     let encoder_ms = median((0..a.steps.max(1)).map(|_| timed(&ctx, &enc)).collect::<Result<Vec<_>>>()?);
 
     // Per-kernel breakdown from timestamp queries.
@@ -149,7 +122,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
     } else {
         let all: Vec<&Dispatch> = model
             .forward_backward()
-            .chain(model.optimizer.as_ref().map(|o| o.dispatches()).unwrap_or(&[]).iter())
+            .chain(model.optimizer_dispatches())
             .collect();
         let ms = ctx.profile(&all)?;
         if a.top > 0 {
@@ -172,12 +145,12 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
     };
     let total: f64 = kernels.iter().map(|k| k.1).sum();
     println!("adapter        {}", ctx.describe());
-    println!("model          {} {}×{} batch {} dec-width {} ({} encoder)", a.model, s, s, a.batch, a.dec_width, if a.dense_encoder { "dense" } else { "sparse" });
+    println!("model          {} {}×{} batch {} dec-width {} ({} encoder)", a.spark.model, s, s, a.batch, a.spark.dec_width, if a.dense_encoder { "dense" } else { "sparse" });
     println!("step           {step:.1} ms (median of {})", a.steps);
     println!("images/s       {:.2}", a.batch as f64 / step * 1e3);
     println!("host per step  {host:.2} ms (mask and image upload; maps are built on the GPU)");
     println!("encoder f+b    {encoder_ms:.1} ms");
-    let m = &model.memory;
+    let m = model.memory();
     let mb = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
         "GPU memory     {:.1} MiB = {:.1} dedicated (parameters, gradients, optimizer state, inputs) + {:.1} shared by liveness ({:.1} unshared; {:.1} of it activations kept for the backward); {:.1} MiB per image",
@@ -198,15 +171,15 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
             "adapter": ctx.info.name,
             "backend": format!("{:?}", ctx.info.backend),
             "driver": format!("{} {}", ctx.info.driver, ctx.info.driver_info),
-            "model": a.model,
+            "model": a.spark.model,
             "input_size": s,
             "batch": a.batch,
-            "dec_width": a.dec_width,
+            "dec_width": a.spark.dec_width,
             "step_ms": step.is_finite().then_some(step),
             "images_per_s": step.is_finite().then(|| a.batch as f64 / step * 1e3),
             "encoder_ms": encoder_ms,
             "host_ms": host.is_finite().then_some(host),
-            "gpu_memory_bytes": model.memory.total(),
+            "gpu_memory_bytes": m.total(),
             "memory": {"dedicated": m.dedicated, "shared": m.shared, "unshared": m.unshared,
                 "kept_for_backward": m.kept_for_backward, "bytes_per_image": m.total() / a.batch as u64},
             "dispatches": model.dispatch_count(),
@@ -236,27 +209,32 @@ fn time_allreduce(world: &dyn crate::dist::Collective, floats: usize, reps: usiz
     Ok(out)
 }
 
+/// The benchmark's training graph of `batch` images: the official LAMB settings and
+/// drop-path rate of the model, as `pretrain` trains it.
+fn bench_builder<'c>(ctx: &'c GpuContext, a: &BenchArgs, cfg: SparkConfig, batch: usize) -> SparkBuilder<'c> {
+    let beta2 = cfg.encoder.default_beta2() as f32;
+    SparkModel::builder(ctx, cfg, batch)
+        .optimizer(LambConfig::spark(beta2))
+        .drop_path(crate::model::EncoderConfig::official_drop_path_rate(&a.spark.model), 0)
+        .dense_encoder(a.dense_encoder)
+        .chunk_images(a.chunk_images.map(|n| n as usize))
+        .dedicated_buffers(a.dedicated_buffers)
+}
+
 /// The preset's encoder and the benchmark's SparK configuration, validated.
-fn spark_config(a: &BenchArgs) -> Result<(EncoderConfig, SparkConfig)> {
-    let encoder = EncoderConfig::preset(&a.model)?;
-    let cfg = SparkConfig {
-        densify_norm: encoder.default_densify_norm(),
-        encoder: encoder.clone(),
-        input_size: a.input_size,
-        dec_width: a.dec_width,
-        mask_ratio: a.mask_ratio,
-    };
+fn spark_config(a: &BenchArgs) -> Result<SparkConfig> {
+    let cfg = a.spark.spark_config()?;
     cfg.validate()?;
-    Ok((encoder, cfg))
+    Ok(cfg)
 }
 
 /// `bench` under MPI (issue 10): the data-parallel step split into compute, all-reduce
 /// and waiting for the slowest rank, per rank, and the all-reduce bandwidth over the
 /// model's gradient size. `--batch` is the global batch, as in `pretrain`.
 fn run_dist(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) -> Result<()> {
-    let (encoder, cfg) = spark_config(a)?;
+    let cfg = spark_config(a)?;
     let n = world.size();
-    let grad_floats: usize = crate::model::spark::parameter_specs(&cfg)
+    let grad_floats: usize = crate::model::spark::parameter_specs(&cfg)?
         .iter()
         .filter(|s| s.kind == crate::graph::Kind::Trainable)
         .map(|s| s.numel())
@@ -267,20 +245,10 @@ fn run_dist(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) -
         let ctx = gpu.open_for(world)?;
         let share = crate::dist::shard(a.batch, world.rank(), n)?;
         local = share.len();
-        let lamb = LambConfig { beta1: 0.9, beta2: encoder.default_beta2() as f32, eps: 1e-6, max_grad_norm: 5.0 };
-        let opts = BuildOptions {
-            dense_encoder: a.dense_encoder,
-            drop_path_rate: crate::ops::drop_path::official_drop_path_rate(&a.model),
-            seed: 0,
-            sync_bn_world: n,
-            shard: Some((share.start, a.batch)),
-            chunk_images: a.chunk_images.map(|n| n as usize),
-            dedicated_buffers: a.dedicated_buffers,
-        };
-        let mut model = SparkModel::build_full(&ctx, cfg.clone(), local, Some(lamb), cfg.visible_per_image(), opts)?;
+        let mut model = bench_builder(&ctx, a, cfg.clone(), local).data_parallel(share.start, a.batch, n).build()?;
         ctx.check("building the benchmark graph")?;
         let f = cfg.grid();
-        let s = a.input_size;
+        let s = a.spark.input_size;
         let images = random_vec(7 + world.rank() as u64, local * s * s * 3);
         let visible_ratio = cfg.visible_per_image() as f64 / (f * f) as f64;
         for i in 0..a.warmup + a.steps {
@@ -315,7 +283,7 @@ fn run_dist(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) -
     world.barrier()?;
     if world.is_root() {
         println!("ranks          {n}");
-        println!("model          {} {}×{} global batch {} (gradient {grad_floats} floats = {:.1} MiB)", a.model, a.input_size, a.input_size, a.batch, bytes / (1 << 20) as f64);
+        println!("model          {} {}×{} global batch {} (gradient {grad_floats} floats = {:.1} MiB)", a.spark.model, a.spark.input_size, a.spark.input_size, a.batch, bytes / (1 << 20) as f64);
         if !a.allreduce_only {
             println!("step (rank 0)  compute {compute:.1} ms, all-reduce {reduce:.1} ms, waiting {wait:.1} ms");
         }
@@ -327,7 +295,7 @@ fn run_dist(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) -
         );
         if a.json {
             let j = serde_json::json!({
-                "ranks": n, "model": a.model, "input_size": a.input_size, "batch": a.batch, "grad_floats": grad_floats,
+                "ranks": n, "model": a.spark.model, "input_size": a.spark.input_size, "batch": a.batch, "grad_floats": grad_floats,
                 "compute_ms": compute.is_finite().then_some(compute), "allreduce_ms_in_step": reduce.is_finite().then_some(reduce),
                 "wait_ms": wait.is_finite().then_some(wait), "allreduce_ms": ar_s * 1e3, "algbw_gbs": algbw, "busbw_gbs": busbw,
             });

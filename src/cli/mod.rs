@@ -11,6 +11,8 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::gpu::{AdapterChoice, GpuContext};
+use crate::model::SparkConfig;
+use crate::train::ranges as R;
 
 #[derive(Parser, Debug)]
 #[command(name = "spark-wgpu", version, about = "SparK masked pre-training of CNNs on any GPU wgpu reaches")]
@@ -19,6 +21,33 @@ pub struct Cli {
     pub gpu: GpuArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The model options `pretrain` and `bench` share (flattened into both). `--batch` is
+/// not among them: the two take different defaults and ranges (a benchmark batch may
+/// exceed what a run's schedule allows).
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Encoder preset: resnet18/34/50/101/152/200, convnext_tiny/small/base/large, or the tiny
+    /// test models resnet_tiny, convnext_pico.
+    #[arg(long, default_value = "resnet50")]
+    pub model: String,
+    /// Input resolution (a multiple of 32).
+    #[arg(long, default_value_t = 224, value_parser = |s: &str| R::INPUT_SIZE.parse(s))]
+    pub input_size: usize,
+    /// Width of the LightDecoder's first block (a multiple of 32).
+    #[arg(long, default_value_t = 768, value_parser = |s: &str| R::DEC_WIDTH.parse(s))]
+    pub dec_width: usize,
+    /// Fraction of the patches masked in every image.
+    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true, value_parser = |s: &str| R::MASK_RATIO.parse(s))]
+    pub mask_ratio: f64,
+}
+
+impl ModelArgs {
+    /// The SparK configuration these options describe (see [`SparkConfig::from_preset`]).
+    pub fn spark_config(&self) -> Result<SparkConfig> {
+        SparkConfig::from_preset(&self.model, self.input_size, self.dec_width, self.mask_ratio)
+    }
 }
 
 /// Adapter selection, shared by every subcommand.

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::GpuArgs;
-use crate::model::{EncoderConfig, SparkConfig};
+use super::{GpuArgs, ModelArgs};
 use crate::train::ranges as R;
 use crate::train::{PretrainConfig, pretrain_dist, read_run_config};
 
@@ -16,12 +15,8 @@ pub struct PretrainArgs {
     /// procedural image set (no download).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Encoder preset: resnet18/34/50/101/152/200, convnext_tiny/small/base/large, or the tiny
-    /// test models resnet_tiny, convnext_pico.
-    #[arg(long, default_value = "resnet50")]
-    pub model: String,
-    #[arg(long, default_value_t = 224, value_parser = |s: &str| R::INPUT_SIZE.parse(s))]
-    pub input_size: usize,
+    #[command(flatten)]
+    pub spark: ModelArgs,
     #[arg(long, default_value_t = 32, value_parser = |s: &str| R::BATCH.parse(s))]
     pub batch: usize,
     #[arg(long, default_value_t = 1600, value_parser = |s: &str| R::EPOCHS.parse(s))]
@@ -29,8 +24,6 @@ pub struct PretrainArgs {
     /// Stop after this many steps (the schedule still spans --epochs).
     #[arg(long, value_parser = |s: &str| R::MAX_STEPS.parse(s))]
     pub max_steps: Option<usize>,
-    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true, value_parser = |s: &str| R::MASK_RATIO.parse(s))]
-    pub mask_ratio: f64,
     /// Base learning rate; the peak is base_lr × batch / 256 (official scaling).
     #[arg(long, default_value_t = 2e-4, allow_negative_numbers = true, value_parser = |s: &str| R::BASE_LR.parse(s))]
     pub base_lr: f64,
@@ -40,8 +33,6 @@ pub struct PretrainArgs {
     pub weight_decay: f64,
     #[arg(long, default_value_t = 0.2, allow_negative_numbers = true, value_parser = |s: &str| R::WEIGHT_DECAY.parse(s))]
     pub weight_decay_end: f64,
-    #[arg(long, default_value_t = 768, value_parser = |s: &str| R::DEC_WIDTH.parse(s))]
-    pub dec_width: usize,
     /// LAMB β2 (default: 0.95 for ResNet, 0.999 for ConvNeXt, as the official recipe).
     #[arg(long, allow_negative_numbers = true, value_parser = |s: &str| R::BETA2.parse(s))]
     pub beta2: Option<f64>,
@@ -100,7 +91,7 @@ pub struct PretrainArgs {
 /// `config.json` and to the log.
 const RESUMABLE: &[&str] = &["max_steps", "epochs", "save_every", "base_lr", "weight_decay", "weight_decay_end"];
 /// Options that do not touch the run at all.
-const NEUTRAL: &[&str] = &["resume", "quiet", "adapter", "backend", "kernels", "share_adapter", "PretrainArgs"];
+const NEUTRAL: &[&str] = &["resume", "quiet", "adapter", "backend", "kernels", "share_adapter", "PretrainArgs", "ModelArgs"];
 
 fn flag(id: &str) -> String {
     format!("--{}", id.replace('_', "-"))
@@ -156,17 +147,11 @@ pub fn run(gpu: &GpuArgs, a: &PretrainArgs, world: &dyn crate::dist::Collective)
             (cfg, dir.clone(), true)
         }
         None => {
-            let encoder = EncoderConfig::preset(&a.model)?;
-            let spark = SparkConfig {
-                densify_norm: encoder.default_densify_norm(),
-                encoder: encoder.clone(),
-                input_size: a.input_size,
-                dec_width: a.dec_width,
-                mask_ratio: a.mask_ratio,
-            };
+            let spark = a.spark.spark_config()?;
+            let model = &a.spark.model;
             let cfg = PretrainConfig {
-                model: a.model.clone(),
-                beta2: a.beta2.unwrap_or(encoder.default_beta2()),
+                model: model.clone(),
+                beta2: a.beta2.unwrap_or(spark.encoder.default_beta2()),
                 spark,
                 data: a.data.clone(),
                 procedural_images: a.procedural_images,
@@ -184,9 +169,9 @@ pub fn run(gpu: &GpuArgs, a: &PretrainArgs, world: &dyn crate::dist::Collective)
                 viz_every: a.viz_every,
                 tensorboard: !a.no_tensorboard,
                 sync_bn: !a.no_sync_bn,
-                drop_path: a.drop_path.unwrap_or_else(|| crate::ops::drop_path::official_drop_path_rate(&a.model)),
+                drop_path: a.drop_path.unwrap_or_else(|| crate::model::EncoderConfig::official_drop_path_rate(model)),
             };
-            let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", a.model)));
+            let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{model}")));
             if dir.join(crate::train::CHECKPOINT_FILE).exists() {
                 bail!("{} already holds a run: use --resume {} to continue it, or another --out", dir.display(), dir.display());
             }

@@ -82,7 +82,7 @@ pub fn run(gpu: &GpuArgs, a: &ReconstructArgs) -> Result<()> {
     };
     let mask = PatchMask::new(b, f, f, visible);
     let per_image = mask.visible_count() / b;
-    let mut model = SparkModel::build_with_visible(&ctx, cfg, b, None, per_image)?;
+    let mut model = SparkModel::builder(&ctx, cfg, b).visible_per_image(per_image).without_init().build()?;
     let r = load(&mut model, &tensors, &a.checkpoint, true)?;
     // Official checkpoints also carry the ImageNet statistics and a constant (imn_m, imn_s, norm_black).
     let unexpected: Vec<&String> = r.unexpected.iter().filter(|k| !matches!(k.as_str(), "imn_m" | "imn_s" | "norm_black")).collect();

@@ -9,6 +9,7 @@
 //! batch does not depend on which worker made it, on timing, or on where the run began.
 
 use super::mask::{len_keep, sample_mask};
+use crate::sparse::PatchMask;
 use super::rng::{permutation, stream, TAG_AUG, TAG_MASK, TAG_PERM};
 use super::source::ImageSource;
 use super::transform::augment;
@@ -24,8 +25,8 @@ use std::time::Instant;
 pub struct Batch {
     /// Normalised images, channels-last `[batch, size, size, 3]`.
     pub images: Vec<f32>,
-    /// Patch mask `[batch, f, f]` with `f = size / 32`, 1 = visible.
-    pub visible: Vec<u8>,
+    /// The step's patch mask `[batch, f, f]` with `f = size / 32`.
+    pub mask: PatchMask,
     pub batch: usize,
     pub size: usize,
     /// Dataset index of each image (after substitution of unreadable ones).
@@ -339,14 +340,14 @@ impl Loader {
             indices.push(index);
             images.extend_from_slice(&img);
         }
-        let f = size / 32;
+        let f = size / crate::model::PATCH;
         let mut rng = stream(self.common.cfg.seed, TAG_MASK, epoch as u64, step as u64);
         // The whole batch's mask is drawn (its images are drawn in sequence), then this
         // shard's rows are kept.
         let mut visible = sample_mask(&mut rng, self.common.cfg.batch, f, self.common.cfg.mask_ratio);
         visible.truncate(self.common.shard.end * f * f);
         visible.drain(..self.common.shard.start * f * f);
-        Ok(Batch { images, visible, batch: b, size, indices, epoch, step })
+        Ok(Batch { images, mask: PatchMask::new(b, f, f, visible), batch: b, size, indices, epoch, step })
     }
 
     /// How many distinct images could not be read so far (each reported once).

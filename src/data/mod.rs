@@ -4,7 +4,8 @@
 
 mod loader;
 mod mask;
-pub mod rng;
+/// The seeded streams (shared with the drop-path draws; see `crate::rng`).
+pub use crate::rng;
 mod source;
 mod transform;
 

@@ -250,14 +250,14 @@ impl GpuContext {
 
     /// Encode `dispatches` in order into one compute pass and submit (no wait).
     /// wgpu inserts the barriers between dispatches that touch the same buffer.
-    pub fn submit(&self, dispatches: &[Dispatch]) {
+    pub fn submit<'a>(&self, dispatches: impl IntoIterator<Item = &'a Dispatch>) {
         let mut enc = self.device.create_command_encoder(&Default::default());
         Dispatch::encode_all(dispatches, &mut enc);
         self.queue.submit([enc.finish()]);
     }
 
     /// Submit and wait (tests, one-off work).
-    pub fn run(&self, dispatches: &[Dispatch]) -> Result<()> {
+    pub fn run<'a>(&self, dispatches: impl IntoIterator<Item = &'a Dispatch>) -> Result<()> {
         self.submit(dispatches);
         self.wait()
     }
@@ -279,13 +279,16 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
+    /// Record this launch into `pass`.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.kernel.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
     }
 
-    pub fn encode_all(dispatches: &[Dispatch], enc: &mut wgpu::CommandEncoder) {
+    /// Record `dispatches` in order into one compute pass of `enc`: the one encoding path
+    /// of every step (forward, backward, optimizer) and of the benchmark's timings.
+    pub fn encode_all<'a>(dispatches: impl IntoIterator<Item = &'a Dispatch>, enc: &mut wgpu::CommandEncoder) {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
         for d in dispatches {
             d.encode(&mut pass);

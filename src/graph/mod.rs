@@ -16,7 +16,9 @@
 
 pub mod chunks;
 pub mod nodes;
+pub mod init;
 pub mod params;
+mod loss;
 
 use anyhow::Result;
 
@@ -24,6 +26,8 @@ use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 use crate::sparse::gpu::{MaskTensor, SetIndices, active_rows, neighbour_maps, relative_copy};
 use crate::sparse::{ActiveSet, PatchMask, Window, conv_map, inverse_map, transposed_conv_map};
 pub use chunks::Chunks;
+pub use loss::LossOutputs;
+pub use init::{Init, init_params};
 pub use params::{Kind, ParamId, ParamRegistry, ParamSpec, ParamStore};
 
 /// A stage resolution: sparse (visible sites of the step's mask) or dense (every site).
@@ -104,68 +108,104 @@ pub struct HostPoint {
 
 type BackwardFn = (Var, Box<dyn FnOnce(&mut Graph) -> Result<()>>);
 
-pub struct Graph<'c> {
-    pub ctx: &'c GpuContext,
-    pub batch: usize,
-    /// Patch grid of the input.
-    pub fh: usize,
-    pub fw: usize,
-    pub visible_per_image: usize,
-    pub params: ParamStore,
+/// How a graph is built beyond its shapes; fixed for the graph's life.
+#[derive(Clone, Copy, Debug)]
+pub struct GraphOptions {
+    /// Record the backward pass (the tape) and use batch statistics in BatchNorm; an
+    /// evaluation graph uses running statistics and records no backward.
     pub train: bool,
-    sets: Vec<StageSet>,
-    maps: Vec<MapEntry>,
-    vars: Vec<VarInfo>,
-    pub forward: Vec<Dispatch>,
-    /// The step's patch mask on the GPU (u32 `[B, fh, fw]`, 1 = visible) and on the host.
-    pub mask: GpuTensor,
-    host_mask: PatchMask,
-    /// Dispatches that build the step's sparse sets and maps from `mask`, run before the
-    /// forward (see `finish_prologue`).
-    prologue: Vec<Dispatch>,
-    tape: Vec<BackwardFn>,
-    pub backward: Vec<Dispatch>,
-    /// Per-image scale tensors of the drop-path nodes and their rates, in layer order.
-    /// (one scale tensor per chunk of the node's chunking, the chunking, the rate).
-    drop_paths: Vec<(Vec<GpuTensor>, Chunks, f64)>,
-    /// BatchNorm counters incremented by each training forward.
-    bn_counters: Vec<ParamId>,
-    /// Compute every "sparse" stage densely (every site), as the official code does
-    /// before masking; for speed comparisons only.
+    /// Give every request for a sparse set a dense one (every site), as the official code
+    /// computes the encoder before masking; for speed comparisons only.
     pub dense_encoder: bool,
-    /// Data-parallel training: BatchNorm statistics are taken over this many ranks'
-    /// rows (1: this process's rows only), through `host_points`.
+    /// Data-parallel training: BatchNorm statistics over this many ranks' rows (1: this
+    /// process's rows only), through the graph's host points.
     pub sync_bn_world: usize,
-    pub host_points: Vec<HostPoint>,
-    /// This graph's images are `image_offset..image_offset + batch` of a global batch of
-    /// `global_batch` (per-image random draws are those of the global batch).
-    pub image_offset: usize,
-    pub global_batch: usize,
+    /// Data-parallel training: this graph's images are `first..first + batch` of a global
+    /// batch of `global` images `(first, global)` (None: the batch is global). Per-image
+    /// random draws are those of the global batch.
+    pub shard: Option<(usize, usize)>,
     /// Split every op into chunks of at most this many images even where the batch fits
     /// the adapter's binding limit (see `chunks`): to test and measure the chunked path.
     pub chunk_images: Option<usize>,
 }
 
+impl GraphOptions {
+    /// A training graph (`train`) or an evaluation graph, with nothing else set.
+    pub fn new(train: bool) -> Self {
+        Self { train, dense_encoder: false, sync_bn_world: 1, shard: None, chunk_images: None }
+    }
+}
+
+/// The static graph of one model, batch and input size: its tensors, sets, maps and the
+/// dispatches of forward and backward (see the module documentation).
+pub struct Graph<'c> {
+    ctx: &'c GpuContext,
+    batch: usize,
+    /// Patch grid of the input.
+    fh: usize,
+    fw: usize,
+    visible_per_image: usize,
+    params: ParamStore,
+    train: bool,
+    sets: Vec<StageSet>,
+    maps: Vec<MapEntry>,
+    vars: Vec<VarInfo>,
+    forward: Vec<Dispatch>,
+    /// The step's patch mask on the GPU (u32 `[B, fh, fw]`, 1 = visible) and on the host.
+    mask: GpuTensor,
+    host_mask: PatchMask,
+    /// Dispatches that build the step's sparse sets and maps from `mask`, run before the
+    /// forward (see `finish_prologue`).
+    prologue: Vec<Dispatch>,
+    tape: Vec<BackwardFn>,
+    backward: Vec<Dispatch>,
+    /// Per-image scale tensors of the drop-path nodes and their rates, in layer order.
+    /// (one scale tensor per chunk of the node's chunking, the chunking, the rate).
+    drop_paths: Vec<(Vec<GpuTensor>, Chunks, f64)>,
+    /// BatchNorm counters incremented by each training forward.
+    bn_counters: Vec<ParamId>,
+    /// See [`GraphOptions::dense_encoder`].
+    dense_encoder: bool,
+    /// See [`GraphOptions::sync_bn_world`].
+    sync_bn_world: usize,
+    host_points: Vec<HostPoint>,
+    /// This graph's images are `image_offset..image_offset + batch` of a global batch of
+    /// `global_batch` (per-image random draws are those of the global batch).
+    image_offset: usize,
+    global_batch: usize,
+    /// See [`GraphOptions::chunk_images`].
+    chunk_images: Option<usize>,
+    /// The loss node's outputs (see `loss`), once recorded.
+    loss: Option<loss::LossOutputs>,
+}
+
 impl<'c> Graph<'c> {
+    /// An empty graph for `batch` images with an `fh × fw` patch grid, of which every
+    /// image shows `visible_per_image` patches, over the parameters `params`.
     pub fn new(
         ctx: &'c GpuContext,
         params: ParamStore,
         batch: usize,
-        fh: usize,
-        fw: usize,
+        (fh, fw): (usize, usize),
         visible_per_image: usize,
-        train: bool,
-    ) -> Self {
+        options: GraphOptions,
+    ) -> Result<Self> {
+        let (image_offset, global_batch) = options.shard.unwrap_or((0, batch));
+        anyhow::ensure!(
+            image_offset + batch <= global_batch,
+            "shard {image_offset}..{} outside the global batch of {global_batch}",
+            image_offset + batch
+        );
         let host_mask = placeholder_mask(batch, fh, fw, visible_per_image);
         let visible: Vec<u32> = host_mask.visible.iter().map(|&v| v as u32).collect();
-        Self {
+        Ok(Self {
             ctx,
             batch,
             fh,
             fw,
             visible_per_image,
             params,
-            train,
+            train: options.train,
             sets: vec![],
             maps: vec![],
             vars: vec![],
@@ -177,13 +217,59 @@ impl<'c> Graph<'c> {
             backward: vec![],
             drop_paths: vec![],
             bn_counters: vec![],
-            dense_encoder: false,
-            chunk_images: None,
-            sync_bn_world: 1,
+            dense_encoder: options.dense_encoder,
+            chunk_images: options.chunk_images,
+            sync_bn_world: options.sync_bn_world.max(1),
             host_points: vec![],
-            image_offset: 0,
-            global_batch: batch,
-        }
+            image_offset,
+            global_batch,
+            loss: None,
+        })
+    }
+
+    /// The GPU context the graph records on.
+    pub fn ctx(&self) -> &'c GpuContext {
+        self.ctx
+    }
+
+    /// Images of the batch.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Is this a training graph (backward recorded, BatchNorm on batch statistics)?
+    pub fn is_train(&self) -> bool {
+        self.train
+    }
+
+    /// The model's parameters and buffers.
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    /// The model's parameters and buffers, to write (initialisation, checkpoints).
+    pub fn params_mut(&mut self) -> &mut ParamStore {
+        &mut self.params
+    }
+
+    /// The forward dispatches in order (the prologue first, once finished; the loss last).
+    pub fn forward(&self) -> &[Dispatch] {
+        &self.forward
+    }
+
+    /// The backward dispatches in order (empty for an evaluation graph).
+    pub fn backward(&self) -> &[Dispatch] {
+        &self.backward
+    }
+
+    /// The points of the step where the host sums a tensor over the ranks.
+    pub fn host_points(&self) -> &[HostPoint] {
+        &self.host_points
+    }
+
+    /// The step's patch mask on the GPU (u32 `[B, fh, fw]`, 1 = visible).
+    pub fn mask_buffer(&self) -> &GpuTensor {
+        &self.mask
     }
 
     /// Record the host points an op returned, its dispatches starting at `base` of `pass`.
@@ -193,7 +279,9 @@ impl<'c> Graph<'c> {
         }
     }
 
-    /// The set of an `h × w` stage (created on first use).
+    /// The set of an `h × w` stage (created on first use): the visible sites of the step's
+    /// mask when `sparse`, else every site. A graph built with
+    /// [`GraphOptions::dense_encoder`] answers every request with the dense set.
     pub fn set(&mut self, h: usize, w: usize, sparse: bool) -> SetId {
         let sparse = sparse && !self.dense_encoder;
         if let Some(i) = self.sets.iter().position(|s| s.h == h && s.w == w && s.sparse == sparse) {
@@ -458,13 +546,6 @@ impl<'c> Graph<'c> {
         Some((info.grad.clone().unwrap(), acc))
     }
 
-    /// Seed the gradient of `v` with an existing tensor (the loss kernel's output).
-    pub fn seed_grad(&mut self, v: Var, g: GpuTensor) {
-        let info = &mut self.vars[v.0];
-        info.grad = Some(g);
-        info.grad_written = true;
-    }
-
     /// Length of the tape so far (a mark for `build_backward`).
     pub fn tape_len(&self) -> usize {
         self.tape.len()
@@ -474,6 +555,7 @@ impl<'c> Graph<'c> {
     /// index in `backward` where the ops recorded before `mark` (tape length at some
     /// point of the forward) start: everything from there on is their backward.
     pub fn build_backward(&mut self, mark: usize) -> Result<usize> {
+        anyhow::ensure!(self.loss.is_some(), "the backward starts from the loss: record `masked_patch_loss` first");
         let tape = std::mem::take(&mut self.tape);
         let mut start = 0;
         for (i, (out, f)) in tape.into_iter().enumerate().rev() {

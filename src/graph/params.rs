@@ -9,6 +9,7 @@
 
 use anyhow::{Result, bail};
 
+use super::Init;
 use crate::gpu::{GpuContext, GpuTensor};
 
 /// Parameters are aligned to this many elements in the flat buffers.
@@ -24,11 +25,17 @@ pub enum Kind {
     Counter,
 }
 
+/// One declared tensor: its state-dict name, shape, role and initialisation.
 #[derive(Clone, Debug)]
 pub struct ParamSpec {
+    /// The official state-dict name.
     pub name: String,
+    /// The PyTorch shape.
     pub shape: Vec<usize>,
+    /// Trainable, buffer or counter.
     pub kind: Kind,
+    /// How a fresh model initialises it (see [`super::init_params`]).
+    pub init: Init,
 }
 
 impl ParamSpec {
@@ -48,15 +55,17 @@ pub struct ParamRegistry {
 }
 
 impl ParamRegistry {
-    pub fn declare(&mut self, name: impl Into<String>, shape: &[usize], kind: Kind) -> ParamId {
+    /// Declare a tensor (panics on a name declared twice: a bug of the model's code).
+    pub fn declare(&mut self, name: impl Into<String>, shape: &[usize], kind: Kind, init: Init) -> ParamId {
         let name = name.into();
         assert!(!self.specs.iter().any(|s| s.name == name), "parameter {name} declared twice");
-        self.specs.push(ParamSpec { name, shape: shape.to_vec(), kind });
+        self.specs.push(ParamSpec { name, shape: shape.to_vec(), kind, init });
         ParamId(self.specs.len() - 1)
     }
 
-    pub fn trainable(&mut self, name: impl Into<String>, shape: &[usize]) -> ParamId {
-        self.declare(name, shape, Kind::Trainable)
+    /// Declare a trainable parameter.
+    pub fn trainable(&mut self, name: impl Into<String>, shape: &[usize], init: Init) -> ParamId {
+        self.declare(name, shape, Kind::Trainable, init)
     }
 
     pub fn find(&self, name: &str) -> Option<ParamId> {

@@ -10,6 +10,9 @@ pub enum EncoderConfig {
     Resnet { bottleneck: bool, layers: Vec<usize>, channels: Vec<usize> },
     /// Official ConvNeXt.
     Convnext { depths: Vec<usize>, dims: Vec<usize> },
+    /// An encoder defined outside the crate (a [`crate::model::Backbone`], given to the
+    /// builder with [`crate::model::SparkBuilder::backbone`]): its name and feature widths.
+    Custom { name: String, feature_widths: Vec<usize> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +64,34 @@ impl EncoderConfig {
         })
     }
 
+    /// The drop-path rate SparK pre-trains `model` with by default (keyu-tian/SparK
+    /// `pretrain/models/__init__.py`, `pretrain_default_model_kwargs`; `--dp` defaults to 0
+    /// in `pretrain/utils/arg_util.py`, and a non-zero `--dp` overrides this):
+    ///
+    /// ```text
+    /// 'resnet50': dict(drop_path_rate=0.05),      'convnext_small': dict(sparse=True, drop_path_rate=0.2),
+    /// 'resnet101': dict(drop_path_rate=0.08),     'convnext_base': dict(sparse=True, drop_path_rate=0.3),
+    /// 'resnet152': dict(drop_path_rate=0.10),     'convnext_large': dict(sparse=True, drop_path_rate=0.4),
+    /// 'resnet200': dict(drop_path_rate=0.15),
+    /// ```
+    ///
+    /// resnet18, resnet34 and convnext_tiny are not in that table (the official pre-training
+    /// code has no preset for them), so they, and any other name, get 0 (the timm / ConvNeXt
+    /// constructor default).
+    pub fn official_drop_path_rate(model: &str) -> f64 {
+        match model {
+            "resnet50" => 0.05,
+            "resnet101" => 0.08,
+            "resnet152" => 0.10,
+            "resnet200" => 0.15,
+            "convnext_small" => 0.2,
+            "convnext_base" => 0.3,
+            "convnext_large" => 0.4,
+            // resnet18, resnet34, convnext_tiny and anything else: no official preset.
+            _ => 0.0,
+        }
+    }
+
     /// Widths of the four feature maps (strides 4, 8, 16, 32).
     pub fn feature_widths(&self) -> Vec<usize> {
         match self {
@@ -68,13 +99,15 @@ impl EncoderConfig {
                 channels.iter().map(|c| c * if *bottleneck { 4 } else { 1 }).collect()
             }
             EncoderConfig::Convnext { dims, .. } => dims.clone(),
+            EncoderConfig::Custom { feature_widths, .. } => feature_widths.clone(),
         }
     }
 
     /// The official densify norm of the family.
     pub fn default_densify_norm(&self) -> DensifyNorm {
         match self {
-            EncoderConfig::Resnet { .. } => DensifyNorm::Bn,
+            // BatchNorm for every CNN but ConvNeXt (whose blocks use LayerNorm).
+            EncoderConfig::Resnet { .. } | EncoderConfig::Custom { .. } => DensifyNorm::Bn,
             EncoderConfig::Convnext { .. } => DensifyNorm::Ln,
         }
     }
@@ -82,13 +115,30 @@ impl EncoderConfig {
     /// LAMB β2 of the official recipe (0.95 for ResNet, 0.999 for ConvNeXt).
     pub fn default_beta2(&self) -> f64 {
         match self {
-            EncoderConfig::Resnet { .. } => 0.95,
+            // A custom encoder gets the recipe of the plain CNNs.
+            EncoderConfig::Resnet { .. } | EncoderConfig::Custom { .. } => 0.95,
             EncoderConfig::Convnext { .. } => 0.999,
         }
     }
 }
 
 impl SparkConfig {
+    /// The SparK configuration of a named encoder preset (see [`EncoderConfig::preset`])
+    /// with the family's official densify norm: the one way every command, test and
+    /// example turns a `--model` name into a configuration.
+    pub fn from_preset(model: &str, input_size: usize, dec_width: usize, mask_ratio: f64) -> Result<Self> {
+        let encoder = EncoderConfig::preset(model)?;
+        Ok(Self { densify_norm: encoder.default_densify_norm(), encoder, input_size, dec_width, mask_ratio })
+    }
+
+    /// The SparK configuration of a backbone defined outside the crate (BatchNorm densify
+    /// norms); build it with [`crate::model::SparkBuilder::backbone`].
+    pub fn for_backbone(backbone: &dyn crate::model::Backbone, input_size: usize, dec_width: usize, mask_ratio: f64) -> Self {
+        let encoder = EncoderConfig::Custom { name: backbone.name(), feature_widths: backbone.feature_widths() };
+        Self { densify_norm: encoder.default_densify_norm(), encoder, input_size, dec_width, mask_ratio }
+    }
+
+    /// Refuse an input size, mask ratio or decoder width the model cannot be built for.
     pub fn validate(&self) -> Result<()> {
         if self.input_size == 0 || !self.input_size.is_multiple_of(PATCH) {
             bail!("--input-size {} must be a positive multiple of {PATCH}", self.input_size);

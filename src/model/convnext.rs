@@ -8,14 +8,16 @@
 
 use anyhow::Result;
 
-use super::{declare_conv, declare_linear};
+use super::{declare_conv, declare_linear, trunc_normal};
 use crate::graph::nodes::ConvIds;
-use crate::graph::{Graph, ParamId, ParamRegistry, Var};
+use crate::graph::{Graph, Init, ParamId, ParamRegistry, Var};
 use crate::ops::activation::Activation;
 use crate::sparse::Window;
 
 const PREFIX: &str = "sparse_encoder.sp_cnn";
 pub const LN_EPS: f32 = 1e-6;
+/// The official `layer_scale_init_value`: every block's gamma starts here.
+const LAYER_SCALE_INIT: f32 = 1e-6;
 
 struct Ln {
     weight: ParamId,
@@ -23,7 +25,10 @@ struct Ln {
 }
 
 fn declare_ln(reg: &mut ParamRegistry, prefix: &str, c: usize) -> Ln {
-    Ln { weight: reg.trainable(format!("{prefix}.weight"), &[c]), bias: reg.trainable(format!("{prefix}.bias"), &[c]) }
+    Ln {
+        weight: reg.trainable(format!("{prefix}.weight"), &[c], Init::ONE),
+        bias: reg.trainable(format!("{prefix}.bias"), &[c], Init::ZERO),
+    }
 }
 
 struct Block {
@@ -42,13 +47,31 @@ pub struct ConvNeXt {
     stages: Vec<Vec<Block>>,
 }
 
+/// The drop probability of every block in network order, given the network rate `rate`
+/// (SparK `pretrain/models/convnext.py`):
+/// `dp_rates = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]`.
+/// torch.linspace runs in f32 (the default dtype): `step = (end - start) / (steps - 1)`,
+/// `start + step * i` for the first half of the indices (`i < steps / 2`) and
+/// `end - step * (steps - i - 1)` for the rest; `.item()` returns that f32 exactly, which is
+/// reproduced here. A one-block net gets 0.
+pub(super) fn block_rates(rate: f64, blocks_per_stage: &[usize]) -> Vec<f64> {
+    let n: usize = blocks_per_stage.iter().sum();
+    if n <= 1 {
+        return vec![0.0; n];
+    }
+    let (start, end) = (0.0f32, rate as f32);
+    let step = (end - start) / (n - 1) as f32;
+    let halfway = n / 2;
+    (0..n).map(|i| if i < halfway { start + step * i as f32 } else { end - step * (n - i - 1) as f32 } as f64).collect()
+}
+
 impl ConvNeXt {
     /// `drop_path_rate`: the network's rate, spread linearly over the blocks (official).
     pub fn declare(reg: &mut ParamRegistry, depths: &[usize], dims: &[usize], drop_path_rate: f64) -> Self {
-        let rates = crate::ops::drop_path::block_rates(drop_path_rate, depths, true);
+        let rates = block_rates(drop_path_rate, depths);
         let mut block_index = 0;
         let stem = (
-            declare_conv(reg, &format!("{PREFIX}.downsample_layers.0.0"), 3, dims[0], 4, true, false),
+            declare_conv(reg, &format!("{PREFIX}.downsample_layers.0.0"), 3, dims[0], 4, false, trunc_normal, Some(Init::ZERO)),
             declare_ln(reg, &format!("{PREFIX}.downsample_layers.0.1"), dims[0]),
         );
         let mut downsample = vec![];
@@ -56,7 +79,7 @@ impl ConvNeXt {
             let p = format!("{PREFIX}.downsample_layers.{i}");
             downsample.push((
                 declare_ln(reg, &format!("{p}.0"), dims[i - 1]),
-                declare_conv(reg, &format!("{p}.1"), dims[i - 1], dims[i], 2, true, false),
+                declare_conv(reg, &format!("{p}.1"), dims[i - 1], dims[i], 2, false, trunc_normal, Some(Init::ZERO)),
             ));
         }
         let mut stages = vec![];
@@ -65,15 +88,15 @@ impl ConvNeXt {
                 .map(|j| {
                     let p = format!("{PREFIX}.stages.{i}.{j}");
                     let dwconv = ConvIds {
-                        weight: reg.trainable(format!("{p}.dwconv.weight"), &[d, 1, 7, 7]),
-                        bias: Some(reg.trainable(format!("{p}.dwconv.bias"), &[d])),
+                        weight: reg.trainable(format!("{p}.dwconv.weight"), &[d, 1, 7, 7], Init::TRUNC_NORMAL),
+                        bias: Some(reg.trainable(format!("{p}.dwconv.bias"), &[d], Init::ZERO)),
                     };
                     Block {
                         dwconv,
                         norm: declare_ln(reg, &format!("{p}.norm"), d),
                         pwconv1: declare_linear(reg, &format!("{p}.pwconv1"), d, 4 * d),
                         pwconv2: declare_linear(reg, &format!("{p}.pwconv2"), 4 * d, d),
-                        gamma: reg.trainable(format!("{p}.gamma"), &[d]),
+                        gamma: reg.trainable(format!("{p}.gamma"), &[d], Init::Constant(LAYER_SCALE_INIT)),
                         drop_path: {
                             block_index += 1;
                             rates[block_index - 1]

@@ -4,9 +4,9 @@
 
 use anyhow::Result;
 
-use super::{declare_bn, declare_conv};
+use super::{declare_bn, declare_conv, trunc_normal};
 use crate::graph::nodes::{BnIds, ConvIds};
-use crate::graph::{Graph, ParamRegistry, Var};
+use crate::graph::{Graph, Init, ParamRegistry, Var};
 use crate::ops::activation::Activation;
 use crate::sparse::Window;
 
@@ -37,15 +37,24 @@ impl LightDecoder {
                 UNetBlock {
                     cin,
                     cout,
-                    up_sample: declare_conv(reg, &format!("{p}.up_sample"), cin, cin, 4, true, true),
-                    conv0: declare_conv(reg, &format!("{p}.conv.0"), cin, cin, 3, false, false),
-                    bn1: declare_bn(reg, &format!("{p}.conv.1"), cin),
-                    conv3: declare_conv(reg, &format!("{p}.conv.3"), cin, cout, 3, false, false),
-                    bn4: declare_bn(reg, &format!("{p}.conv.4"), cout),
+                    up_sample: declare_conv(
+                        reg,
+                        &format!("{p}.up_sample"),
+                        cin,
+                        cin,
+                        4,
+                        true,
+                        Init::kaiming_conv_transposed,
+                        Some(Init::ZERO),
+                    ),
+                    conv0: declare_conv(reg, &format!("{p}.conv.0"), cin, cin, 3, false, trunc_normal, None),
+                    bn1: declare_bn(reg, &format!("{p}.conv.1"), cin, Init::ONE),
+                    conv3: declare_conv(reg, &format!("{p}.conv.3"), cin, cout, 3, false, trunc_normal, None),
+                    bn4: declare_bn(reg, &format!("{p}.conv.4"), cout, Init::ONE),
                 }
             })
             .collect();
-        let proj = declare_conv(reg, "dense_decoder.proj", widths[BLOCKS], 3, 1, true, false);
+        let proj = declare_conv(reg, "dense_decoder.proj", widths[BLOCKS], 3, 1, false, trunc_normal, Some(Init::ZERO));
         Self { blocks, proj }
     }
 

@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use super::{declare_bn, declare_conv};
 use crate::graph::nodes::{BnIds, ConvIds};
-use crate::graph::{Graph, ParamRegistry, SetId, Var};
+use crate::graph::{Graph, Init, ParamRegistry, SetId, Var};
 use crate::ops::activation::Activation;
 use crate::sparse::Window;
 
@@ -32,13 +32,28 @@ pub struct ResNet {
     stages: Vec<Vec<Block>>,
 }
 
+/// The drop probability of every residual block in network order, given the network rate
+/// `rate` (timm `timm/models/resnet.py`, `make_blocks`), with `net_block_idx` counting
+/// blocks over the whole network and `net_num_blocks = sum(block_repeats)`:
+/// `block_dpr = drop_path_rate * net_block_idx / (net_num_blocks - 1)  # stochastic depth
+/// linear decay rule`, evaluated left to right in f64 as Python does. The first block gets
+/// 0 and so no DropPath at all (`DropPath(block_dpr) if block_dpr > 0. else None`). A
+/// one-block net (a division by zero in timm) gets 0.
+pub(super) fn block_rates(rate: f64, blocks_per_stage: &[usize]) -> Vec<f64> {
+    let n: usize = blocks_per_stage.iter().sum();
+    if n <= 1 {
+        return vec![0.0; n];
+    }
+    (0..n).map(|i| rate * i as f64 / (n - 1) as f64).collect()
+}
+
 impl ResNet {
     /// `drop_path_rate`: the network's rate, spread over the blocks as timm does.
     pub fn declare(reg: &mut ParamRegistry, bottleneck: bool, layers: &[usize], channels: &[usize], drop_path_rate: f64) -> Self {
-        let rates = crate::ops::drop_path::block_rates(drop_path_rate, layers, false);
+        let rates = block_rates(drop_path_rate, layers);
         let mut block_index = 0;
-        let conv1 = declare_conv(reg, &format!("{PREFIX}.conv1"), 3, STEM_WIDTH, 7, false, false);
-        let bn1 = declare_bn(reg, &format!("{PREFIX}.bn1"), STEM_WIDTH);
+        let conv1 = declare_conv(reg, &format!("{PREFIX}.conv1"), 3, STEM_WIDTH, 7, false, Init::kaiming_conv, None);
+        let bn1 = declare_bn(reg, &format!("{PREFIX}.bn1"), STEM_WIDTH, Init::ONE);
         let expansion = if bottleneck { 4 } else { 1 };
         let mut inplanes = STEM_WIDTH;
         let mut stages = vec![];
@@ -55,14 +70,16 @@ impl ResNet {
                     vec![(inplanes, planes, 3), (planes, cout, 3)]
                 };
                 for (k, &(ci, co, ks)) in plan.iter().enumerate() {
-                    let conv = declare_conv(reg, &format!("{p}.conv{}", k + 1), ci, co, ks, false, false);
-                    let bn = declare_bn(reg, &format!("{p}.bn{}", k + 1), co);
+                    let conv = declare_conv(reg, &format!("{p}.conv{}", k + 1), ci, co, ks, false, Init::kaiming_conv, None);
+                    // timm's `zero_init_last`: the last BN of every residual branch starts at 0.
+                    let last = k + 1 == plan.len();
+                    let bn = declare_bn(reg, &format!("{p}.bn{}", k + 1), co, if last { Init::ZERO } else { Init::ONE });
                     convs.push((conv, bn, ks, co));
                 }
                 let downsample = (stride != 1 || inplanes != cout).then(|| {
                     (
-                        declare_conv(reg, &format!("{p}.downsample.0"), inplanes, cout, 1, false, false),
-                        declare_bn(reg, &format!("{p}.downsample.1"), cout),
+                        declare_conv(reg, &format!("{p}.downsample.0"), inplanes, cout, 1, false, Init::kaiming_conv, None),
+                        declare_bn(reg, &format!("{p}.downsample.1"), cout, Init::ONE),
                     )
                 });
                 blocks.push(Block { stride, cout, convs, downsample, drop_path: rates[block_index] });

@@ -1,6 +1,7 @@
 //! `drop_path.wgsl`: stochastic depth (timm `drop_path`, used by timm ResNet blocks and the
 //! official ConvNeXt blocks SparK pre-trains), plus the host side: the per-image scales of a
-//! step and the official per-model / per-block drop-path rates.
+//! step. The rates (per model and per block) are model policy: `model::presets`,
+//! `model::resnet`, `model::convnext`.
 //!
 //! timm's `drop_path(x, p)` draws one Bernoulli(1−p) per SAMPLE and multiplies the whole
 //! residual branch of that sample by `mask / (1−p)`. Our rows are `[rows, C]` in canonical
@@ -10,7 +11,7 @@
 
 use anyhow::{Result, ensure};
 
-use crate::data::rng::{stream, unit};
+use crate::rng::{stream, unit};
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 
 #[repr(C)]
@@ -23,7 +24,7 @@ struct Params {
 }
 
 /// Purpose tag of the drop-path streams ("drop"), so they never coincide with the data
-/// pipeline's streams (`data::rng` tags) for the same seed.
+/// pipeline's streams (`rng` tags) for the same seed.
 const TAG_DROP: u64 = 0x6472_6f70;
 
 #[allow(clippy::too_many_arguments)]
@@ -92,7 +93,7 @@ pub fn drop_path_backward(
 /// kept with probability `1 − p` (scale `1/(1−p)`) or dropped (scale 0), as timm's
 /// `drop_path` (`x.new_empty((B,1,1,1)).bernoulli_(keep_prob).div_(keep_prob)`).
 ///
-/// The draws come from a ChaCha8 stream keyed by (seed, step, layer) (`data::rng::stream`),
+/// The draws come from a ChaCha8 stream keyed by (seed, step, layer) (`rng::stream`),
 /// so a run and a resumed run drop the same images, independently of anything else drawn.
 /// One uniform `u` per image, kept iff `u < 1 − p`: the same (seed, step, layer) with a
 /// larger `p` drops a superset of images.
@@ -118,66 +119,6 @@ pub fn drop_path_scales(seed: u64, step: u64, layer: u64, batch: usize, p: f64) 
 pub fn drop_path_ref(x: &[f32], scale: &[f32], rows_per_image: usize, c: usize) -> Vec<f32> {
     let per_image = rows_per_image * c;
     x.iter().enumerate().map(|(i, v)| v * scale[i / per_image]).collect()
-}
-
-/// The drop-path rate SparK pre-trains `model` with by default (keyu-tian/SparK
-/// `pretrain/models/__init__.py`, `pretrain_default_model_kwargs`; `--dp` defaults to 0
-/// in `pretrain/utils/arg_util.py`, and a non-zero `--dp` overrides this):
-///
-/// ```text
-/// 'resnet50': dict(drop_path_rate=0.05),      'convnext_small': dict(sparse=True, drop_path_rate=0.2),
-/// 'resnet101': dict(drop_path_rate=0.08),     'convnext_base': dict(sparse=True, drop_path_rate=0.3),
-/// 'resnet152': dict(drop_path_rate=0.10),     'convnext_large': dict(sparse=True, drop_path_rate=0.4),
-/// 'resnet200': dict(drop_path_rate=0.15),
-/// ```
-///
-/// resnet18, resnet34 and convnext_tiny are not in that table (the official pre-training
-/// code has no preset for them), so they, and any other name, get 0 (the timm / ConvNeXt
-/// constructor default).
-pub fn official_drop_path_rate(model: &str) -> f64 {
-    match model {
-        "resnet50" => 0.05,
-        "resnet101" => 0.08,
-        "resnet152" => 0.10,
-        "resnet200" => 0.15,
-        "convnext_small" => 0.2,
-        "convnext_base" => 0.3,
-        "convnext_large" => 0.4,
-        // resnet18, resnet34, convnext_tiny and anything else: no official preset.
-        _ => 0.0,
-    }
-}
-
-/// The drop probability of every residual block, in network order (stage by stage),
-/// given the network rate `rate` and the number of blocks per stage.
-///
-/// * timm ResNet (`timm/models/resnet.py`, `make_blocks`), with `net_block_idx` counting
-///   blocks over the whole network and `net_num_blocks = sum(block_repeats)`:
-///   `block_dpr = drop_path_rate * net_block_idx / (net_num_blocks - 1)  # stochastic depth
-///   linear decay rule`, evaluated left to right in f64 as Python does. The first block gets
-///   0 and so no DropPath at all (`DropPath(block_dpr) if block_dpr > 0. else None`). A
-///   one-block net (a division by zero in timm) gets 0.
-/// * official ConvNeXt (SparK `pretrain/models/convnext.py`):
-///   `dp_rates = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]`.
-///   torch.linspace runs in f32 (the default dtype): `step = (end - start) / (steps - 1)`,
-///   `start + step * i` for the first half of the indices (`i < steps / 2`) and
-///   `end - step * (steps - i - 1)` for the rest; `.item()` returns that f32 exactly, which is
-///   reproduced here.
-pub fn block_rates(rate: f64, blocks_per_stage: &[usize], arch_is_convnext: bool) -> Vec<f64> {
-    let n: usize = blocks_per_stage.iter().sum();
-    if n <= 1 {
-        return vec![0.0; n];
-    }
-    if arch_is_convnext {
-        let (start, end) = (0.0f32, rate as f32);
-        let step = (end - start) / (n - 1) as f32;
-        let halfway = n / 2;
-        (0..n)
-            .map(|i| if i < halfway { start + step * i as f32 } else { end - step * (n - i - 1) as f32 } as f64)
-            .collect()
-    } else {
-        (0..n).map(|i| rate * i as f64 / (n - 1) as f64).collect()
-    }
 }
 
 #[cfg(test)]
@@ -304,32 +245,5 @@ mod tests {
         assert_eq!(a[..10], drop_path_scales(9, 100, 4, 10, 0.5)[..]);
         let b = drop_path_scales(9, 100, 4, 64, 0.8);
         assert!(a.iter().zip(&b).all(|(x, y)| *x != 0.0 || *y == 0.0));
-    }
-
-    #[test]
-    fn drop_path_official_rates_and_block_spread() {
-        assert_eq!(official_drop_path_rate("resnet50"), 0.05);
-        assert_eq!(official_drop_path_rate("resnet200"), 0.15);
-        assert_eq!(official_drop_path_rate("convnext_large"), 0.4);
-        for m in ["resnet18", "resnet34", "convnext_tiny", "unknown"] {
-            assert_eq!(official_drop_path_rate(m), 0.0, "{m}");
-        }
-        // timm ResNet-50: 16 blocks, rate * idx / 15.
-        let r = block_rates(0.05, &[3, 4, 6, 3], false);
-        assert_eq!(r.len(), 16);
-        assert_eq!((r[0], r[15]), (0.0, 0.05));
-        assert_eq!(r[8], 0.05 * 8.0 / 15.0);
-        // ConvNeXt-S: 36 blocks, torch.linspace(0, 0.2, 36) in f32.
-        let r = block_rates(0.2, &[3, 3, 27, 3], true);
-        assert_eq!(r.len(), 36);
-        assert_eq!((r[0], r[35]), (0.0, 0.2f32 as f64));
-        assert_eq!(r[1], (0.2f32 / 35.0) as f64);
-        assert_eq!(r[34], (0.2f32 - 0.2f32 / 35.0) as f64, "second half counts back from the end");
-        assert!(r.windows(2).all(|w| w[0] < w[1]));
-        for (i, v) in r.iter().enumerate() {
-            assert!((v - 0.2 * i as f64 / 35.0).abs() < 1e-7, "block {i}: {v}");
-        }
-        assert_eq!(block_rates(0.0, &[2, 2, 2, 2], false), vec![0.0; 8]);
-        assert_eq!(block_rates(0.3, &[1], true), vec![0.0]);
     }
 }

@@ -43,7 +43,7 @@ pub fn state_dict(model: &SparkModel) -> Result<TensorMap> {
 pub fn save(model: &SparkModel, path: &Path, metadata: &HashMap<String, String>) -> Result<()> {
     let ctx = model.ctx();
     let mut t = state_dict(model)?;
-    if let Some(opt) = &model.optimizer {
+    if let Some(opt) = model.optimizer() {
         let m = ctx.read_f32(opt.exp_avg())?;
         let v = ctx.read_f32(opt.exp_avg_sq())?;
         let ps = model.params();
@@ -153,7 +153,7 @@ pub fn load(model: &mut SparkModel, tensors: &TensorMap, path: &Path, strict: bo
         .filter(|k| !known.contains(*k) && !k.starts_with("optimizer."))
         .cloned()
         .collect();
-    if let Some(opt) = &model.optimizer
+    if let Some(opt) = model.optimizer()
         && tensors.keys().any(|k| k.starts_with(EXP_AVG)) {
             let ps = model.params();
             let mut m = vec![0f32; ps.flat.len];

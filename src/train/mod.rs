@@ -2,7 +2,6 @@
 //! asynchronous loss read-back, logs, checkpoints, resume and Ctrl-C.
 
 pub mod checkpoint;
-pub mod init;
 mod loss_ring;
 pub mod plot;
 pub mod ranges;
@@ -23,7 +22,6 @@ use crate::gpu::GpuContext;
 use crate::model::{EncoderConfig, SparkConfig, SparkModel};
 use crate::optim::lamb::LambConfig;
 use crate::optim::schedule::{lr_wd_at, peak_lr};
-use crate::sparse::PatchMask;
 use loss_ring::LossRing;
 
 /// Everything that defines a run (saved as `config.json` in the run directory).
@@ -104,7 +102,7 @@ impl PretrainConfig {
     }
 
     fn lamb(&self) -> LambConfig {
-        LambConfig { beta1: 0.9, beta2: self.beta2 as f32, eps: 1e-6, max_grad_norm: 5.0 }
+        LambConfig::spark(self.beta2 as f32)
     }
 }
 
@@ -191,15 +189,13 @@ pub fn pretrain_dist(
     let warmup_it = (cfg.warmup_epochs * spe as f64).round() as usize;
     let peak = peak_lr(cfg.base_lr, cfg.batch);
 
-    let options = crate::model::spark::BuildOptions {
-        drop_path_rate: cfg.drop_path,
-        seed: cfg.seed,
-        sync_bn_world: if cfg.sync_bn { world } else { 1 },
-        shard: Some((share.start, cfg.batch)),
-        ..Default::default()
-    };
-    let visible = cfg.spark.visible_per_image();
-    let mut model = SparkModel::build_full(ctx, cfg.spark.clone(), local_batch, Some(cfg.lamb()), visible, options)?;
+    let builder = SparkModel::builder(ctx, cfg.spark.clone(), local_batch)
+        .optimizer(cfg.lamb())
+        .drop_path(cfg.drop_path, cfg.seed)
+        .data_parallel(share.start, cfg.batch, if cfg.sync_bn { world } else { 1 });
+    // A resumed run's weights come from its checkpoint.
+    let builder = if resume { builder.without_init() } else { builder.init_seed(cfg.seed) };
+    let mut model = builder.build()?;
     ctx.check("building the training graph")?;
     let ckpt_path = run_dir.join(CHECKPOINT_FILE);
     if resume && root {
@@ -256,11 +252,6 @@ pub fn pretrain_dist(
         }
         eprintln!("resuming at step {start} of {total} from {}", ckpt_path.display());
     } else {
-        let specs = model.params().specs.clone();
-        let init = init::init_params(&specs, cfg.seed);
-        for (s, v) in specs.iter().zip(init) {
-            model.params_mut().set(ctx, &s.name, &s.shape, &v)?;
-        }
         if let Some(w) = &cfg.init_weights {
             let (t, _) = checkpoint::read_any(w)?;
             let r = checkpoint::load(&mut model, &t, w, false)?;
@@ -290,7 +281,7 @@ pub fn pretrain_dist(
                 String::new()
             },
             model.dispatch_count(),
-            model.memory.total() as f64 / (1 << 20) as f64
+            model.gpu_memory_bytes() as f64 / (1 << 20) as f64
         );
     }
     // Only the root writes the run directory; the other ranks keep no log.
@@ -313,7 +304,7 @@ pub fn pretrain_dist(
 
     let mut losses: Vec<plot::StepRecord> = read_log_records(&run_dir.join(LOG_FILE), start);
     let mut ring = LossRing::new(ctx, 4);
-    let grad_norm = model.optimizer.as_ref().map(|o| o.grad_norm());
+    let grad_norm = model.optimizer().map(|o| o.grad_norm());
     let tb_dir = run_dir.join(tensorboard::TB_DIR);
     let mut tb = if cfg.tensorboard && root { Some(tensorboard::EventWriter::create(&tb_dir)?) } else { None };
     let mut viz = match cfg.viz_every {
@@ -321,7 +312,6 @@ pub fn pretrain_dist(
         _ => None,
     };
     let mut last_viz: Option<PathBuf> = None;
-    let f = cfg.spark.grid();
     let save_every = cfg.save_every.unwrap_or(spe).max(1);
     let mut pending: Vec<(usize, f32, f32)> = vec![];
     let mut sched: HashMap<usize, (f64, f64)> = HashMap::new();
@@ -382,8 +372,7 @@ pub fn pretrain_dist(
             break;
         }
         let batch = loader.next_batch()?;
-        let mask = PatchMask::new(local_batch, f, f, batch.visible.clone());
-        model.set_batch(&batch.images, &mask)?;
+        model.set_batch(&batch.images, &batch.mask)?;
         let (lr, wd) = lr_wd_at(peak, cfg.weight_decay, cfg.weight_decay_end, step, warmup_it, schedule_len);
         sched.insert(step, (lr, wd));
         if world > 1 {
@@ -391,7 +380,7 @@ pub fn pretrain_dist(
         } else {
             model.train_step(step as u32 + 1, lr as f32, wd as f32)?;
         }
-        ring.push(ctx, step, &model.loss, grad_norm.as_ref(), &mut pending)?;
+        ring.push(ctx, step, &model.loss().loss, grad_norm.as_ref(), &mut pending)?;
         ctx.check(&format!("training step {step}"))?;
         // Every rank must judge each step's (global) loss at the same step, or one rank
         // would stop on a NaN while the others wait for it: with several ranks the step

@@ -99,13 +99,13 @@ pub fn render_grid(r: &Reconstruction) -> RgbImage {
 /// per-image loss is the mean over masked patches, as the training loss.
 pub fn reconstruct_batch(model: &mut SparkModel, inputs: Vec<f32>, mask: PatchMask) -> Result<Reconstruction> {
     let ctx = model.ctx();
-    let size = model.cfg.input_size;
+    let size = model.config().input_size;
     let f = size / PATCH;
     let b = mask.batch;
     model.set_batch(&inputs, &mask)?;
-    ctx.run(&model.graph.forward)?;
-    let rec = ctx.read_f32(model.graph.tensor(model.rec))?;
-    let per_patch = ctx.read_f32(&model.per_patch_loss)?;
+    model.run_forward()?;
+    let rec = ctx.read_f32(model.graph().tensor(model.rec()))?;
+    let per_patch = ctx.read_f32(&model.loss().per_patch)?;
     let losses: Vec<f32> = (0..b)
         .map(|i| {
             let masked = (0..f * f).filter(|&p| mask.visible[i * f * f + p] == 0).count().max(1);
@@ -190,7 +190,7 @@ impl<'c> Viz<'c> {
         }
         let visible = sample_mask(&mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(VIZ_SEED)), n, f, cfg.spark.mask_ratio);
         let mask = PatchMask::new(n, f, f, visible);
-        let model = SparkModel::build_with_visible(ctx, cfg.spark.clone(), n, None, cfg.spark.visible_per_image())?;
+        let model = SparkModel::builder(ctx, cfg.spark.clone(), n).without_init().build()?;
         let dir = run_dir.join(VIZ_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| anyhow!("creating {}: {e}", dir.display()))?;
         Ok(Self { model, inputs, mask, dir })

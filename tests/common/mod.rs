@@ -1,15 +1,14 @@
 //! Fixtures shared by the integration tests.
 
-use spark_wgpu::model::{DensifyNorm, EncoderConfig, SparkConfig};
+use spark_wgpu::model::SparkConfig;
 use spark_wgpu::train::PretrainConfig;
 
 /// A resnet_tiny run at 64², batch 2, on 16 procedural images (seconds on lavapipe);
 /// tests override what they are about with struct-update syntax.
 pub fn tiny_pretrain_config(max_steps: usize) -> PretrainConfig {
-    let encoder = EncoderConfig::preset("resnet_tiny").unwrap();
     PretrainConfig {
         model: "resnet_tiny".into(),
-        spark: SparkConfig { densify_norm: DensifyNorm::Bn, encoder, input_size: 64, dec_width: 32, mask_ratio: 0.6 },
+        spark: SparkConfig::from_preset("resnet_tiny", 64, 32, 0.6).unwrap(),
         data: None,
         procedural_images: 16,
         batch: 2,

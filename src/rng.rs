@@ -1,4 +1,4 @@
-//! Seeded randomness of the data pipeline.
+//! Seeded randomness of the data pipeline and of the drop-path draws (`ops::drop_path`).
 //!
 //! Every random stream is a ChaCha8 generator keyed by a hash of (seed, purpose, a, b):
 //! the permutation of an epoch by (seed, epoch), an image's augmentation by
