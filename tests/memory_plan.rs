@@ -3,10 +3,11 @@
 //! tensor even when every shared buffer is filled with NaN before each step, so no
 //! tensor reads what another left behind, nor what it held in the previous step.
 
+mod common;
+
 use spark_wgpu::gpu::{GpuContext, MemoryStats};
 use spark_wgpu::model::{SparkConfig, SparkModel};
 use spark_wgpu::optim::lamb::LambConfig;
-use spark_wgpu::testing::{random_patch_mask, random_vec};
 
 fn tiny(model: &str) -> SparkConfig {
     SparkConfig::from_preset(model, 64, 32, 0.5).unwrap()
@@ -32,21 +33,16 @@ fn three_steps(ctx: &GpuContext, cfg: &SparkConfig, options: Options, scramble: 
         .init_seed(9)
         .build()
         .unwrap();
-    let mut losses = vec![];
-    for step in 1..=3u32 {
-        let images = random_vec(300 + step as u64, batch * 64 * 64 * 3);
-        let mask = random_patch_mask(400 + step as u64, batch, 2, 2, 0.5);
-        m.set_batch(&images, &mask).unwrap();
+    let scrambled = |m: &SparkModel| {
         if scramble {
             m.scramble_shared_memory();
         }
-        m.set_drop_path_step(step as u64);
-        m.train_step(step, 1e-3, 0.05).unwrap();
-        ctx.check("a training step").unwrap();
-        let loss = m.read_loss().unwrap();
-        assert!(loss.is_finite(), "step {step}: loss {loss}");
-        losses.push(loss.to_bits());
+    };
+    let losses = common::three_random_steps(ctx, &mut m, scrambled);
+    for (step, loss) in losses.iter().enumerate() {
+        assert!(loss.is_finite(), "step {}: loss {loss}", step + 1);
     }
+    let losses: Vec<u32> = losses.iter().map(|l| l.to_bits()).collect();
     let params = m.params().ids().map(|p| m.params().get(ctx, p).unwrap().iter().map(|v| v.to_bits()).collect()).collect();
     (losses, params, *m.memory())
 }

@@ -1,6 +1,8 @@
 //! End-to-end behaviour of the training step: a tiny model overfits one batch, and two
 //! identical runs end with bitwise-identical parameters.
 
+mod common;
+
 use spark_wgpu::gpu::GpuContext;
 use spark_wgpu::model::{SparkConfig, SparkModel};
 use spark_wgpu::optim::lamb::LambConfig;
@@ -104,16 +106,7 @@ fn three_steps(ctx: &GpuContext, cfg: &SparkConfig, batch: usize, options: Optio
         .init_seed(9)
         .build()
         .unwrap();
-    let mut losses = vec![];
-    for step in 1..=3u32 {
-        let images = random_vec(300 + step as u64, batch * 64 * 64 * 3);
-        let mask = random_patch_mask(400 + step as u64, batch, 2, 2, 0.5);
-        m.set_batch(&images, &mask).unwrap();
-        m.set_drop_path_step(step as u64);
-        m.train_step(step, 1e-3, 0.05).unwrap();
-        ctx.check("a training step").unwrap();
-        losses.push(m.read_loss().unwrap());
-    }
+    let losses = common::three_random_steps(ctx, &mut m, |_| {});
     let params = m.params().ids().map(|p| m.params().get(ctx, p).unwrap()).collect();
     (losses, params, m.dispatch_count())
 }
