@@ -14,7 +14,7 @@ use std::time::Instant;
 use spark_wgpu::gpu::{Dispatch, GpuContext};
 use spark_wgpu::ops::conv::{ConvShape, WeightLayout, conv_data_grad, conv_forward, conv_weight_grad};
 use spark_wgpu::sparse::{ActiveSet, PatchMask, Window, conv_map, inverse_map};
-use spark_wgpu::testing::{random_patch_mask, random_vec};
+use spark_wgpu::rng::{random_patch_mask, random_vec};
 
 const BATCH: usize = 8;
 const IMAGE: usize = 224;

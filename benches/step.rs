@@ -4,7 +4,7 @@
 use spark_wgpu::gpu::GpuContext;
 use spark_wgpu::model::{SparkConfig, SparkModel};
 use spark_wgpu::optim::lamb::LambConfig;
-use spark_wgpu::testing::{random_patch_mask, random_vec};
+use spark_wgpu::rng::{random_patch_mask, random_vec};
 use std::time::Instant;
 
 fn bench(ctx: &GpuContext, model: &str, size: usize, batch: usize, dec_width: usize, steps: usize) {

@@ -18,7 +18,9 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod parity;
+pub mod ranges;
 pub mod rng;
 pub mod sparse;
-pub mod testing;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod train;

@@ -1,4 +1,5 @@
-//! Seeded randomness of the data pipeline and of the drop-path draws (`ops::drop_path`).
+//! Seeded randomness of the data pipeline and of the drop-path draws (`ops::drop_path`),
+//! and the synthetic inputs of `bench` and the tests ([`random_vec`], [`random_patch_mask`]).
 //!
 //! Every random stream is a ChaCha8 generator keyed by a hash of (seed, purpose, a, b):
 //! the permutation of an epoch by (seed, epoch), an image's augmentation by
@@ -78,6 +79,39 @@ pub fn permutation(rng: &mut ChaCha8Rng, n: usize) -> Vec<usize> {
 pub fn py_round(x: f64) -> i64 {
     x.round_ties_even() as i64
 }
+
+/// Synthetic inputs for `bench`, the benches and the tests: values and masks that only
+/// need to be reproducible within one build, not across `rand` releases (unlike the data
+/// streams above), so they use `rand`'s own distributions.
+mod synthetic {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Uniform values in [-1, 1), reproducible from `seed`.
+    pub fn random_vec(seed: u64, n: usize) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    /// A random patch mask with `visible` of the `f*f` patches of each image visible
+    /// (at least one), `[B, fh, fw]`.
+    pub fn random_patch_mask(seed: u64, batch: usize, fh: usize, fw: usize, visible_ratio: f64) -> crate::sparse::PatchMask {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let per = fh * fw;
+        let keep = ((per as f64 * visible_ratio).round() as usize).clamp(1, per);
+        let mut v = vec![0u8; batch * per];
+        for b in 0..batch {
+            let mut idx: Vec<usize> = (0..per).collect();
+            for i in 0..keep {
+                let j = rng.random_range(i..per);
+                idx.swap(i, j);
+                v[b * per + idx[i]] = 1;
+            }
+        }
+        crate::sparse::PatchMask::new(batch, fh, fw, v)
+    }
+}
+pub use synthetic::{random_patch_mask, random_vec};
 
 #[cfg(test)]
 mod tests {

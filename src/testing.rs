@@ -1,32 +1,8 @@
-//! Helpers shared by the op tests: seeded random data, tolerance checks and central
-//! finite differences in f64 (for checking CPU backward references).
+//! Helpers shared by the op unit tests (compiled only for them): tolerance checks and
+//! central finite differences in f64 (for checking CPU backward references). The seeded
+//! synthetic inputs they use live in [`crate::rng`], because `bench` draws them too.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
-/// Uniform values in [-1, 1), reproducible from `seed`.
-pub fn random_vec(seed: u64, n: usize) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
-/// A random patch mask with `visible` of the `f*f` patches of each image visible
-/// (at least one), as a flat `[B, f, f]` u8 vector.
-pub fn random_patch_mask(seed: u64, batch: usize, fh: usize, fw: usize, visible_ratio: f64) -> crate::sparse::PatchMask {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let per = fh * fw;
-    let keep = ((per as f64 * visible_ratio).round() as usize).clamp(1, per);
-    let mut v = vec![0u8; batch * per];
-    for b in 0..batch {
-        let mut idx: Vec<usize> = (0..per).collect();
-        for i in 0..keep {
-            let j = rng.random_range(i..per);
-            idx.swap(i, j);
-            v[b * per + idx[i]] = 1;
-        }
-    }
-    crate::sparse::PatchMask::new(batch, fh, fw, v)
-}
+pub use crate::rng::{random_patch_mask, random_vec};
 
 /// Largest |a - b| divided by the largest |b| (or 1 when b is all zero); infinite when
 /// any value of either is NaN or infinite (a plain `f64::max` fold would drop a NaN and

@@ -5,7 +5,7 @@ use spark_wgpu::gpu::{GpuContext, GpuTensor};
 use spark_wgpu::ops::conv::{ConvShape, WeightLayout, conv_data_grad, conv_forward, conv_weight_grad};
 use spark_wgpu::ops::depthwise::{dw_data_grad, dw_forward, dw_weight_grad};
 use spark_wgpu::sparse::{ActiveSet, Window, conv_map, inverse_map};
-use spark_wgpu::testing::{random_patch_mask, random_vec};
+use spark_wgpu::rng::{random_patch_mask, random_vec};
 
 fn bits(ctx: &GpuContext, t: &GpuTensor) -> Vec<u32> {
     ctx.read::<u32>(t).unwrap()

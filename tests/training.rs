@@ -6,7 +6,7 @@ mod common;
 use spark_wgpu::gpu::GpuContext;
 use spark_wgpu::model::{SparkConfig, SparkModel};
 use spark_wgpu::optim::lamb::LambConfig;
-use spark_wgpu::testing::{random_patch_mask, random_vec};
+use spark_wgpu::rng::{random_patch_mask, random_vec};
 
 fn tiny(model: &str, dec_width: usize) -> SparkConfig {
     SparkConfig::from_preset(model, 64, dec_width, 0.5).unwrap()

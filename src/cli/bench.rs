@@ -10,7 +10,7 @@ use crate::model::spark::SparkBuilder;
 use crate::model::{SparkConfig, SparkModel};
 use crate::optim::lamb::LambConfig;
 use crate::train::ranges as R;
-use crate::testing::{random_patch_mask, random_vec};
+use crate::rng::{random_patch_mask, random_vec};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {

@@ -3,6 +3,8 @@
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::ranges::{FloatRange, IntRange, open};
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "lowercase")]
 pub enum EncoderConfig {
@@ -33,6 +35,17 @@ pub struct SparkConfig {
 
 /// SparK's input patch (the encoder's downsample ratio).
 pub const PATCH: usize = 32;
+
+// The valid ranges of the model's options (the CLI parses with them too).
+/// 0 masks nothing (nothing to reconstruct, the loss is 0); 1 shows nothing to the encoder.
+pub const MASK_RATIO: FloatRange = open(0.0, 1.0, "0 leaves nothing to reconstruct, 1 nothing to see");
+/// A drop probability; 1 would drop every residual branch of every image.
+pub const DROP_PATH: FloatRange = FloatRange { lo: 0.0, hi: 1.0, lo_open: false, hi_open: true, why: "a drop probability" };
+/// The encoder downsamples by 32 and the mask has one patch per 32×32 pixels.
+pub const INPUT_SIZE: IntRange =
+    IntRange { lo: PATCH, hi: usize::MAX, multiple_of: PATCH, why: "the patch size" };
+/// The decoder halves its width five times.
+pub const DEC_WIDTH: IntRange = IntRange { lo: 32, hi: usize::MAX, multiple_of: 32, why: "the decoder halves it five times" };
 
 impl EncoderConfig {
     /// A named preset: resnet18/34/50/101/152/200, convnext_tiny/small/base/large, and
@@ -140,14 +153,9 @@ impl SparkConfig {
 
     /// Refuse an input size, mask ratio or decoder width the model cannot be built for.
     pub fn validate(&self) -> Result<()> {
-        if self.input_size == 0 || !self.input_size.is_multiple_of(PATCH) {
-            bail!("--input-size {} must be a positive multiple of {PATCH}", self.input_size);
-        }
-        crate::train::ranges::MASK_RATIO.check("--mask-ratio", self.mask_ratio)?;
-        if self.dec_width < 32 || !self.dec_width.is_multiple_of(32) {
-            bail!("--dec-width {} must be a multiple of 32 (the decoder halves it five times)", self.dec_width);
-        }
-        Ok(())
+        INPUT_SIZE.check("--input-size", self.input_size)?;
+        MASK_RATIO.check("--mask-ratio", self.mask_ratio)?;
+        DEC_WIDTH.check("--dec-width", self.dec_width)
     }
 
     /// Patches per side.

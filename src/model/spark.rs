@@ -166,7 +166,7 @@ impl<'c> SparkBuilder<'c> {
     /// adapter cannot bind) and initialise its weights.
     pub fn build(self) -> Result<SparkModel<'c>> {
         self.cfg.validate()?;
-        crate::train::ranges::DROP_PATH.check("drop-path rate", self.drop_path_rate)?;
+        super::config::DROP_PATH.check("drop-path rate", self.drop_path_rate)?;
         anyhow::ensure!(self.visible() >= 1, "every image must keep at least one visible patch");
         let mut model = if self.ctx.is_dry_run() {
             self.build_graph()?

@@ -1,129 +1,11 @@
-//! The valid range of every numeric training option, in one place: the CLI's value
-//! parsers refuse a value at parse time with the option's name and range, and
-//! [`super::PretrainConfig::validate`] applies the same ranges to a `config.json` that was
-//! edited by hand or written by an older version (a NaN written as `null`, a rate of 1.5).
+//! The valid range of every numeric option of the training loop, beside
+//! [`super::PretrainConfig::validate`] that applies them (the model's own options,
+//! mask ratio, drop path, input size and decoder width, are bounded in
+//! [`crate::model::config`] and re-exported here for the CLI).
 
-use anyhow::{Result, bail};
+pub use crate::model::config::{DEC_WIDTH, DROP_PATH, INPUT_SIZE, MASK_RATIO};
+use crate::ranges::{FloatRange, IntRange, above, at_least, int, open};
 
-/// A closed or open interval of finite floats.
-#[derive(Clone, Copy, Debug)]
-pub struct FloatRange {
-    pub lo: f64,
-    pub hi: f64,
-    pub lo_open: bool,
-    pub hi_open: bool,
-    /// Why the range is what it is (appended to the refusal).
-    pub why: &'static str,
-}
-
-impl FloatRange {
-    pub fn contains(&self, v: f64) -> bool {
-        v.is_finite()
-            && (if self.lo_open { v > self.lo } else { v >= self.lo })
-            && (if self.hi_open { v < self.hi } else { v <= self.hi })
-    }
-
-    /// "(0, 1)", "[0, 1)", "> 0", "≥ 0".
-    pub fn describe(&self) -> String {
-        if self.hi.is_infinite() {
-            format!("{} {}", if self.lo_open { ">" } else { "≥" }, self.lo)
-        } else {
-            format!(
-                "{}{}, {}{}",
-                if self.lo_open { "(" } else { "[" },
-                self.lo,
-                self.hi,
-                if self.hi_open { ")" } else { "]" }
-            )
-        }
-    }
-
-    /// The refusal text for a value outside the range (without the option's name).
-    pub fn error(&self, v: &str) -> String {
-        let why = if self.why.is_empty() { String::new() } else { format!(" ({})", self.why) };
-        format!("{v} is not a finite number {}{why}", self.range_phrase())
-    }
-
-    fn range_phrase(&self) -> String {
-        if self.hi.is_infinite() { self.describe() } else { format!("in {}", self.describe()) }
-    }
-
-    /// Parse a CLI value (clap `value_parser`).
-    pub fn parse(&self, s: &str) -> std::result::Result<f64, String> {
-        let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
-        if self.contains(v) { Ok(v) } else { Err(self.error(s)) }
-    }
-
-    /// Check a value read from a run configuration.
-    pub fn check(&self, option: &str, v: f64) -> Result<()> {
-        if !self.contains(v) {
-            bail!("{option} {}", self.error(&v.to_string()));
-        }
-        Ok(())
-    }
-}
-
-/// An integer range `lo..=hi` with an optional required multiple.
-#[derive(Clone, Copy, Debug)]
-pub struct IntRange {
-    pub lo: usize,
-    pub hi: usize,
-    pub multiple_of: usize,
-    pub why: &'static str,
-}
-
-impl IntRange {
-    pub fn contains(&self, v: usize) -> bool {
-        v >= self.lo && v <= self.hi && v.is_multiple_of(self.multiple_of)
-    }
-
-    pub fn error(&self, v: &str) -> String {
-        let mut s = format!("{v} must be ≥ {}", self.lo);
-        if self.hi != usize::MAX {
-            s.push_str(&format!(" and ≤ {}", self.hi));
-        }
-        if self.multiple_of > 1 {
-            s.push_str(&format!(" and a multiple of {}", self.multiple_of));
-        }
-        if !self.why.is_empty() {
-            s.push_str(&format!(" ({})", self.why));
-        }
-        s
-    }
-
-    pub fn parse(&self, s: &str) -> std::result::Result<usize, String> {
-        let v: usize = s.trim().parse().map_err(|_| format!("{s:?} is not a whole number ≥ 0"))?;
-        if self.contains(v) { Ok(v) } else { Err(self.error(s)) }
-    }
-
-    pub fn check(&self, option: &str, v: usize) -> Result<()> {
-        if !self.contains(v) {
-            bail!("{option} {}", self.error(&v.to_string()));
-        }
-        Ok(())
-    }
-}
-
-const fn open(lo: f64, hi: f64, why: &'static str) -> FloatRange {
-    FloatRange { lo, hi, lo_open: true, hi_open: true, why }
-}
-
-const fn at_least(lo: f64, why: &'static str) -> FloatRange {
-    FloatRange { lo, hi: f64::INFINITY, lo_open: false, hi_open: true, why }
-}
-
-const fn above(lo: f64, why: &'static str) -> FloatRange {
-    FloatRange { lo, hi: f64::INFINITY, lo_open: true, hi_open: true, why }
-}
-
-const fn int(lo: usize, why: &'static str) -> IntRange {
-    IntRange { lo, hi: usize::MAX, multiple_of: 1, why }
-}
-
-/// 0 masks nothing (nothing to reconstruct, the loss is 0); 1 shows nothing to the encoder.
-pub const MASK_RATIO: FloatRange = open(0.0, 1.0, "0 leaves nothing to reconstruct, 1 nothing to see");
-/// A drop probability; 1 would drop every residual branch of every image.
-pub const DROP_PATH: FloatRange = FloatRange { lo: 0.0, hi: 1.0, lo_open: false, hi_open: true, why: "a drop probability" };
 /// LAMB's second-moment decay: 0 < β2 < 1 (β2 = 1 never updates the moment, and the bias
 /// correction divides by 1 − β2^t = 0).
 pub const BETA2: FloatRange = open(0.0, 1.0, "the second-moment decay of LAMB");
@@ -140,11 +22,6 @@ pub const MAX_STEPS: IntRange = int(1, "0 steps would do nothing");
 pub const SAVE_EVERY: IntRange = int(1, "steps between checkpoints");
 pub const WORKERS: IntRange = int(1, "image decoding threads");
 pub const IMAGES: IntRange = int(1, "");
-/// The encoder downsamples by 32 and the mask has one patch per 32×32 pixels.
-pub const INPUT_SIZE: IntRange =
-    IntRange { lo: crate::model::config::PATCH, hi: usize::MAX, multiple_of: crate::model::config::PATCH, why: "the patch size" };
-/// The decoder halves its width five times.
-pub const DEC_WIDTH: IntRange = IntRange { lo: 32, hi: usize::MAX, multiple_of: 32, why: "the decoder halves it five times" };
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 
 use spark_wgpu::gpu::GpuContext;
 use spark_wgpu::model::{SparkConfig, SparkModel};
-use spark_wgpu::testing::{random_patch_mask, random_vec};
+use spark_wgpu::rng::{random_patch_mask, random_vec};
 use spark_wgpu::train::PretrainConfig;
 
 /// A resnet_tiny run at 64², batch 2, on 16 procedural images (seconds on lavapipe);
