@@ -8,6 +8,8 @@
 //! (safetensors, golden cases, .pth import), `train` (the pre-training loop),
 //! `parity`, `cli`.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod data;
 pub mod dist;

@@ -18,25 +18,35 @@ use crate::sparse::PatchMask;
 /// One compared tensor.
 #[derive(Clone, Debug)]
 pub struct Row {
+    /// The output tensor's key (`out.…`).
     pub key: String,
+    /// Largest element-wise |ours − official|.
     pub max_abs: f64,
+    /// The README metric for this key.
     pub error: f64,
+    /// The largest `error` that passes.
     pub tolerance: f64,
 }
 
 impl Row {
+    /// Whether this key is within its tolerance.
     pub fn passed(&self) -> bool {
         self.error <= self.tolerance
     }
 }
 
+/// One case's comparison: a row per output key, and our outputs.
 pub struct Report {
+    /// The case's name.
     pub case: String,
+    /// One row per compared output key.
     pub rows: Vec<Row>,
+    /// Our outputs, under the case's `out.*` keys.
     pub outputs: TensorMap,
 }
 
 impl Report {
+    /// Number of rows that failed.
     pub fn failed(&self) -> usize {
         self.rows.iter().filter(|r| !r.passed()).count()
     }

@@ -14,11 +14,14 @@ use crate::gpu::{AdapterChoice, GpuContext};
 use crate::model::SparkConfig;
 use crate::train::ranges as R;
 
+/// The `spark-wgpu` command line.
 #[derive(Parser, Debug)]
 #[command(name = "spark-wgpu", version, about = "SparK masked pre-training of CNNs on any GPU wgpu reaches")]
 pub struct Cli {
+    /// Adapter, backend and kernel-family options shared by every command.
     #[command(flatten)]
     pub gpu: GpuArgs,
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -70,10 +73,12 @@ pub struct GpuArgs {
 }
 
 impl GpuArgs {
+    /// The adapter these options ask for.
     pub fn choice(&self) -> AdapterChoice {
         AdapterChoice { name: self.adapter.clone(), backend: self.backend.clone(), kernels: self.kernels.clone() }
     }
 
+    /// Open the adapter these options ask for.
     pub fn open(&self) -> Result<GpuContext> {
         GpuContext::new(&self.choice())
     }
@@ -115,6 +120,7 @@ fn in_world(f: impl FnOnce(&dyn crate::dist::Collective) -> Result<()>) -> Resul
     r
 }
 
+/// The commands of `spark-wgpu`.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List every adapter wgpu can see, with the limits and features that matter here.
@@ -137,6 +143,7 @@ pub fn parse() -> Cli {
     parse_from(std::env::args_os())
 }
 
+/// As [`parse`], from the given arguments (for tests and embedding).
 pub fn parse_from<I, T>(args: I) -> Cli
 where
     I: IntoIterator<Item = T>,
@@ -155,6 +162,7 @@ where
     cli
 }
 
+/// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices => devices::run(&cli.gpu),

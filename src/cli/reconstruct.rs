@@ -20,6 +20,7 @@ use crate::train::ranges as R;
 pub use crate::train::viz::{Reconstruction, render_grid};
 use crate::train::viz::reconstruct_batch;
 
+/// Options of `spark-wgpu reconstruct`.
 #[derive(clap::Args, Debug)]
 pub struct ReconstructArgs {
     /// A spark-wgpu checkpoint or an official SparK .pth with decoder.
@@ -31,8 +32,10 @@ pub struct ReconstructArgs {
     /// The PNG grid to write.
     #[arg(long, default_value = "reconstruction.png")]
     pub out: PathBuf,
+    /// Fraction of patches masked (ignored with `--mask`).
     #[arg(long, default_value_t = 0.6, allow_negative_numbers = true, value_parser = |s: &str| R::MASK_RATIO.parse(s))]
     pub mask_ratio: f64,
+    /// Seed of the random masks.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Explicit patch mask for every image, row-major, 1 = visible (e.g. 0101… of f·f digits).
@@ -46,6 +49,7 @@ pub struct ReconstructArgs {
     pub json: Option<PathBuf>,
 }
 
+/// Reconstruct the given images with a checkpoint and write the PNG grid.
 pub fn run(gpu: &GpuArgs, a: &ReconstructArgs) -> Result<()> {
     let ctx = gpu.open()?;
     let (tensors, meta) = read_any(&a.checkpoint)?;

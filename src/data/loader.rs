@@ -27,21 +27,28 @@ pub struct Batch {
     pub images: Vec<f32>,
     /// The step's patch mask `[batch, f, f]` with `f = size / 32`.
     pub mask: PatchMask,
+    /// Images in the batch.
     pub batch: usize,
+    /// Image side in pixels.
     pub size: usize,
     /// Dataset index of each image (after substitution of unreadable ones).
     pub indices: Vec<usize>,
+    /// Epoch the batch belongs to (0-based).
     pub epoch: usize,
     /// Step within the epoch.
     pub step: usize,
 }
 
+/// How a [`Loader`] draws its batches.
 #[derive(Clone, Debug)]
 pub struct LoaderConfig {
+    /// Images per batch (the global batch, over all ranks).
     pub batch: usize,
     /// Input resolution, a multiple of 32 (the encoder's downsampling).
     pub size: u32,
+    /// Fraction of patches masked.
     pub mask_ratio: f64,
+    /// Seed of shuffling, augmentation and masks.
     pub seed: u64,
     /// Decoding threads (0 is treated as 1).
     pub workers: usize,
@@ -209,6 +216,7 @@ pub struct Loader {
 }
 
 impl Loader {
+    /// A loader of whole batches (a single process's view of the global batch).
     pub fn new(source: Arc<dyn ImageSource>, cfg: LoaderConfig) -> anyhow::Result<Self> {
         let all = 0..cfg.batch;
         Self::new_shard(source, cfg, all)
@@ -266,6 +274,7 @@ impl Loader {
         self.common.steps_per_epoch
     }
 
+    /// The configuration this loader was built with.
     pub fn config(&self) -> &LoaderConfig {
         &self.common.cfg
     }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 /// A fixed, indexable set of images. `load` may fail (corrupt file): the loader skips
 /// such an image and uses a substitute.
 pub trait ImageSource: Send + Sync {
+    /// Number of images.
     fn len(&self) -> usize;
+    /// Whether the set holds no image.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -83,6 +85,7 @@ impl FolderSource {
         &self.root
     }
 
+    /// The image files, in index order.
     pub fn paths(&self) -> &[PathBuf] {
         &self.paths
     }
@@ -220,6 +223,7 @@ pub struct ProceduralSource {
 }
 
 impl ProceduralSource {
+    /// `len` deterministic synthetic images of `size`² pixels drawn from `seed`.
     pub fn new(len: usize, size: u32, seed: u64) -> Self {
         assert!(size > 0, "ProceduralSource: size must be positive");
         Self { len, size, seed }

@@ -24,9 +24,13 @@ pub const CROP_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
 /// A crop rectangle in pixels: left `x`, top `y`, width `w`, height `h`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CropBox {
+    /// Left edge.
     pub x: u32,
+    /// Top edge.
     pub y: u32,
+    /// Width.
     pub w: u32,
+    /// Height.
     pub h: u32,
 }
 

@@ -160,6 +160,7 @@ pub const EXIT_RANK_FAILED: i32 = 2;
 /// The hang watchdog's limit (None: off).
 #[derive(Clone, Copy, Debug)]
 pub struct Watchdog {
+    /// How long a collective may wait before the run is declared hung.
     pub limit: Option<Duration>,
 }
 

@@ -18,6 +18,7 @@ use super::kernel::Kernel;
 /// the CPU family can be compared on a GPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum KernelSet {
+    /// Choose by the adapter's device type (CPU drivers: `Cpu`, everything else: `Gpu`).
     #[default]
     Auto,
     /// Large register tiles for CPU drivers (lavapipe, SwiftShader, WARP).
@@ -114,10 +115,15 @@ Vulkan, Metal or DX12 driver. `spark-wgpu devices` lists what wgpu sees.";
 
 /// A device, its queue and what the adapter offers. Holds a per-context pipeline cache.
 pub struct GpuContext {
+    /// The wgpu device.
     pub device: wgpu::Device,
+    /// Its queue.
     pub queue: wgpu::Queue,
+    /// The adapter's name, vendor, driver and backend.
     pub info: wgpu::AdapterInfo,
+    /// The limits the device was created with (the adapter's own).
     pub limits: wgpu::Limits,
+    /// The features the device was created with.
     pub features: wgpu::Features,
     /// Bytes a graph may allocate, where the adapter says nothing portable about its
     /// memory but it is known: a CPU adapter's host memory available at creation
@@ -150,8 +156,11 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
 
 /// What `spark-wgpu devices` prints for one adapter.
 pub struct AdapterReport {
+    /// The adapter's name, vendor, driver and backend.
     pub info: wgpu::AdapterInfo,
+    /// Its limits.
     pub limits: wgpu::Limits,
+    /// Its features.
     pub features: wgpu::Features,
 }
 

@@ -18,17 +18,26 @@ use super::{GpuContext, GpuTensor, shader_source};
 /// How one binding of group 0 is declared in WGSL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BindingKind {
+    /// `var<uniform>`.
     Uniform,
-    Storage { read_only: bool },
+    /// `var<storage, read>` or `var<storage, read_write>`.
+    Storage {
+        /// Declared `read`.
+        read_only: bool,
+    },
 }
 
 /// A compiled entry point with its reflected bindings.
 pub struct Kernel {
+    /// Shader name and entry point.
     pub name: String,
+    /// The compiled pipeline.
     pub pipeline: wgpu::ComputePipeline,
+    /// Layout of its group-0 bindings.
     pub layout: wgpu::BindGroupLayout,
     /// (binding index, kind), ascending.
     pub bindings: Vec<(u32, BindingKind)>,
+    /// `@workgroup_size` of the entry point.
     pub workgroup_size: [u32; 3],
     /// Bytes of the uniform's WGSL type (None: no uniform).
     pub uniform_size: Option<u32>,
@@ -266,8 +275,11 @@ impl GpuContext {
 /// One recorded kernel launch: pipeline, bind group (buffers fixed at build time) and
 /// grid. Replaying a list of these is a training step.
 pub struct Dispatch {
+    /// The kernel launched.
     pub kernel: Arc<Kernel>,
+    /// Its buffers, bound once at build time.
     pub bind_group: wgpu::BindGroup,
+    /// Workgroups in x, y, z.
     pub groups: [u32; 3],
     /// Floating-point operations of this launch when known (for GFLOP/s reports).
     pub flops: u64,

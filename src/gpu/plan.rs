@@ -56,6 +56,7 @@ pub struct MemoryStats {
 }
 
 impl MemoryStats {
+    /// Bytes of every buffer of the graph.
     pub fn total(&self) -> u64 {
         self.dedicated + self.shared
     }
@@ -69,6 +70,7 @@ pub struct MemoryPlan {
     pub(crate) slots: Vec<(u64, Option<usize>)>,
     /// Size of each physical buffer.
     pub(crate) physical: Vec<u64>,
+    /// What the plan allocates, by kind.
     pub stats: MemoryStats,
 }
 

@@ -13,6 +13,7 @@ use super::{Dispatch, GpuContext};
 const MAX_QUERIES: usize = wgpu::QUERY_SET_MAX_QUERIES as usize;
 
 impl GpuContext {
+    /// Whether the device can time dispatches (`Features::TIMESTAMP_QUERY`).
     pub fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }

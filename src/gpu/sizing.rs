@@ -24,6 +24,7 @@ pub struct DryRunReport {
     pub largest_buffer: u64,
     /// The largest storage view a dispatch would bind, and the kernel that binds it.
     pub largest_binding: u64,
+    /// The kernel that binds `largest_binding`.
     pub largest_binding_kernel: String,
     /// Every `zeros` allocation, in order (the memory plan's input).
     pub(crate) allocs: Vec<super::plan::AllocRecord>,
@@ -56,6 +57,7 @@ impl DryRunReport {
         self.plan.as_ref().map_or(self.requested_bytes, |p| p.stats.total())
     }
 
+    /// Why the sized graph does not fit the device (None: it fits).
     pub fn misfit(&self, ctx: &GpuContext) -> Option<String> {
         let limits = &ctx.limits;
         let bind = limits.max_storage_buffer_binding_size;
@@ -96,6 +98,7 @@ pub(crate) fn host_memory_available() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Bytes as `N.N MiB`.
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }

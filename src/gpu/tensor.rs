@@ -15,6 +15,7 @@ use super::GpuContext;
 /// A range of 4-byte elements in a GPU buffer.
 #[derive(Clone, Debug)]
 pub struct GpuTensor {
+    /// The buffer the tensor lives in (shared by the tensors the memory plan overlaps).
     pub buffer: Arc<wgpu::Buffer>,
     /// Byte offset of element 0.
     pub offset: u64,

@@ -28,15 +28,19 @@ pub(crate) use crate::sparse::relativize;
 /// images (the last one may be shorter). `images >= batch` is one dispatch as before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Chunks {
+    /// Images per chunk.
     pub images: usize,
+    /// Images in the batch.
     pub batch: usize,
 }
 
 impl Chunks {
+    /// The whole batch as one chunk.
     pub fn whole(batch: usize) -> Self {
         Self { images: batch.max(1), batch }
     }
 
+    /// Whether the batch is one chunk.
     pub fn is_whole(&self) -> bool {
         self.images >= self.batch
     }

@@ -17,12 +17,25 @@ pub enum Init {
     /// variances, 1e-6 for ConvNeXt's layer scale).
     Constant(f32),
     /// Normal(0, `std`) redrawn until inside `[lo, hi]` (timm's `trunc_normal_`).
-    TruncNormal { std: f64, lo: f64, hi: f64 },
+    TruncNormal {
+        /// Standard deviation before truncation.
+        std: f64,
+        /// Lower bound (inclusive).
+        lo: f64,
+        /// Upper bound (inclusive).
+        hi: f64,
+    },
     /// Kaiming normal with ReLU gain: Normal(0, √(2 / `fan_out`)).
-    KaimingNormal { fan_out: usize },
+    KaimingNormal {
+        /// PyTorch's fan_out: `weight.size(0) * kh * kw`.
+        fan_out: usize,
+    },
     /// Uniform on ±1/√`fan_in` (PyTorch's default Conv2d init, kaiming-uniform with
     /// a = √5, and its bias).
-    KaimingUniform { fan_in: usize },
+    KaimingUniform {
+        /// PyTorch's fan_in: `weight.size(1) * kh * kw`.
+        fan_in: usize,
+    },
 }
 
 impl Init {

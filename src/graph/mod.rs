@@ -34,10 +34,15 @@ pub use params::{Kind, ParamId, ParamRegistry, ParamSpec, ParamStore};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SetId(pub usize);
 
+/// One stage's set of rows on the GPU: its resolution, whether it is sparse, and its index tensors.
 pub struct StageSet {
+    /// Height in sites.
     pub h: usize,
+    /// Width in sites.
     pub w: usize,
+    /// Sparse (visible sites only) or dense (every site).
     pub sparse: bool,
+    /// Rows of the set (every visible image shows the same number of patches, so fixed per step).
     pub rows: usize,
     /// i32 `[B*h*w]`: row of each site or -1.
     pub row_of: GpuTensor,
@@ -93,7 +98,9 @@ struct VarInfo {
 /// The dispatch list a host point belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
+    /// The forward dispatch list.
     Forward,
+    /// The backward dispatch list.
     Backward,
 }
 
@@ -101,8 +108,11 @@ pub enum Pass {
 /// BatchNorm, issue 10): after `graph.forward[..at]` (or `backward[..at]`) has run.
 #[derive(Clone, Debug)]
 pub struct HostPoint {
+    /// The list the point is in.
     pub pass: Pass,
+    /// Number of dispatches of that list that run before the host sum.
     pub at: usize,
+    /// What to sum and how.
     pub sum: crate::ops::batchnorm::HostSum,
 }
 
@@ -322,6 +332,7 @@ impl<'c> Graph<'c> {
         SetId(self.sets.len() - 1)
     }
 
+    /// The set behind `s`.
     pub fn stage(&self, s: SetId) -> &StageSet {
         &self.sets[s.0]
     }
@@ -493,22 +504,27 @@ impl<'c> Graph<'c> {
         self.push_var(set, c, false)
     }
 
+    /// The tensor behind `v`.
     pub fn tensor(&self, v: Var) -> &GpuTensor {
         &self.vars[v.0].t
     }
 
+    /// Channels of `v`.
     pub fn channels(&self, v: Var) -> usize {
         self.vars[v.0].c
     }
 
+    /// The set `v`'s rows belong to.
     pub fn set_of(&self, v: Var) -> SetId {
         self.vars[v.0].set
     }
 
+    /// Rows of `v` (those of its set).
     pub fn rows(&self, v: Var) -> usize {
         self.sets[self.vars[v.0].set.0].rows
     }
 
+    /// The gradient of `v`, once the backward has allocated one.
     pub fn grad_tensor(&self, v: Var) -> Option<&GpuTensor> {
         self.vars[v.0].grad.as_ref()
     }

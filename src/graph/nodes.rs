@@ -22,20 +22,28 @@ use crate::sparse::Window;
 /// `.running_mean`, `.running_var`, `.num_batches_tracked`).
 #[derive(Clone, Copy, Debug)]
 pub struct BnIds {
+    /// `<prefix>.weight` (γ).
     pub weight: ParamId,
+    /// `<prefix>.bias` (β).
     pub bias: ParamId,
+    /// `<prefix>.running_mean`.
     pub running_mean: ParamId,
+    /// `<prefix>.running_var`.
     pub running_var: ParamId,
+    /// `<prefix>.num_batches_tracked` (a host counter).
     pub num_batches_tracked: ParamId,
 }
 
 /// Convolution weights: Conv2d `[cout, cin, kh, kw]` or ConvTranspose2d `[cin, cout, kh, kw]`.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvIds {
+    /// `<prefix>.weight`.
     pub weight: ParamId,
+    /// `<prefix>.bias`, if the conv has one.
     pub bias: Option<ParamId>,
 }
 
+/// BatchNorm's epsilon (PyTorch's default).
 pub const BN_EPS: f32 = 1e-5;
 
 /// Attribute an op's floating-point work to its first (main) dispatch, for GFLOP/s
@@ -55,6 +63,7 @@ fn labelled(mut d: Vec<crate::gpu::Dispatch>, label: String) -> Vec<crate::gpu::
     }
     d
 }
+/// BatchNorm's running-statistics momentum (PyTorch's default).
 pub const BN_MOMENTUM: f32 = 0.1;
 
 /// What an op that keeps its input's set and width starts from: the width, the set, its
@@ -242,6 +251,7 @@ impl Graph<'_> {
         Ok(y)
     }
 
+    /// `act(x)` element-wise, and its gradient.
     pub fn activation(&mut self, x: Var, act: Activation) -> Result<Var> {
         let RowOp { c, set, per, ch, y, xt, yt, .. } = self.row_op(x, &[]);
         let n = per * c;
@@ -261,6 +271,7 @@ impl Graph<'_> {
         Ok(y)
     }
 
+    /// `a + b` (same set and width), and its gradient to both.
     pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
         assert_eq!(self.set_of(a), self.set_of(b), "add of tensors on different sets");
         assert_eq!(self.channels(a), self.channels(b), "add of tensors with different widths");

@@ -15,6 +15,7 @@ use crate::gpu::{GpuContext, GpuTensor};
 /// Parameters are aligned to this many elements in the flat buffers.
 pub const PARAM_ALIGN: usize = 64;
 
+/// What updates a declared tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// Updated by the optimizer.
@@ -39,6 +40,7 @@ pub struct ParamSpec {
 }
 
 impl ParamSpec {
+    /// Number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -51,6 +53,7 @@ pub struct ParamId(pub usize);
 /// The declaration phase: modules register what they own, in state-dict order.
 #[derive(Default, Debug)]
 pub struct ParamRegistry {
+    /// Every declared tensor, in state-dict order.
     pub specs: Vec<ParamSpec>,
 }
 
@@ -68,6 +71,7 @@ impl ParamRegistry {
         self.declare(name, shape, Kind::Trainable, init)
     }
 
+    /// The tensor declared as `name`.
     pub fn find(&self, name: &str) -> Option<ParamId> {
         self.specs.iter().position(|s| s.name == name).map(ParamId)
     }
@@ -75,16 +79,21 @@ impl ParamRegistry {
 
 /// Where each declared tensor lives on the GPU.
 pub struct ParamStore {
+    /// Every declared tensor, in state-dict order.
     pub specs: Vec<ParamSpec>,
     /// Offset in `flat`/`grads` for trainables.
     offsets: Vec<usize>,
     buffers: Vec<Option<GpuTensor>>,
+    /// Value of each `Counter` (indexed like `specs`; 0 for the others).
     pub counters: Vec<i64>,
+    /// Every trainable, concatenated (aligned to `PARAM_ALIGN`): what LAMB updates.
     pub flat: GpuTensor,
+    /// Their gradients, in the same layout.
     pub grads: GpuTensor,
 }
 
 impl ParamStore {
+    /// Allocate zeroed GPU storage for every declared tensor.
     pub fn allocate(ctx: &GpuContext, reg: ParamRegistry) -> Self {
         let mut offsets = vec![usize::MAX; reg.specs.len()];
         let mut total = 0;
@@ -109,10 +118,12 @@ impl ParamStore {
         }
     }
 
+    /// The declaration of `p`.
     pub fn spec(&self, p: ParamId) -> &ParamSpec {
         &self.specs[p.0]
     }
 
+    /// The tensor declared as `name`.
     pub fn find(&self, name: &str) -> Option<ParamId> {
         self.specs.iter().position(|s| s.name == name).map(ParamId)
     }
@@ -137,6 +148,7 @@ impl ParamStore {
         self.offsets[p.0]
     }
 
+    /// Every declared tensor, in order.
     pub fn ids(&self) -> impl Iterator<Item = ParamId> + '_ {
         (0..self.specs.len()).map(ParamId)
     }

@@ -13,12 +13,19 @@ use std::path::{Path, PathBuf};
 /// The LAMB settings of a case (fixed lr and weight decay, no schedule).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct OptimizerMeta {
+    /// Learning rate of every step.
     pub lr: f64,
+    /// Weight decay of every step.
     pub wd: f64,
+    /// First-moment decay β1.
     pub beta1: f64,
+    /// Second-moment decay β2.
     pub beta2: f64,
+    /// Denominator epsilon.
     pub eps: f64,
+    /// Global gradient-norm clip: gradients are scaled down to this norm when above it.
     pub max_grad_norm: f64,
+    /// Optimizer steps the case records.
     pub steps: usize,
     /// `"lamb"` in the official cases.
     #[serde(default)]
@@ -37,28 +44,39 @@ pub struct CaseMeta {
     /// ResNet block: `"basic"` or `"bottleneck"`.
     #[serde(default)]
     pub block: Option<String>,
+    /// ResNet blocks per stage.
     #[serde(default)]
     pub layers: Option<Vec<usize>>,
+    /// ResNet stage widths (before the bottleneck expansion).
     #[serde(default)]
     pub channels: Option<Vec<usize>>,
+    /// ResNet stem output channels.
     #[serde(default)]
     pub stem_width: Option<usize>,
+    /// ConvNeXt blocks per stage.
     #[serde(default)]
     pub depths: Option<Vec<usize>>,
+    /// ConvNeXt stage widths.
     #[serde(default)]
     pub dims: Option<Vec<usize>>,
+    /// Square input side in pixels.
     pub input_size: usize,
+    /// Images in the batch.
     pub batch: usize,
+    /// Fraction of patches masked.
     pub mask_ratio: f64,
+    /// Decoder width (channels of its first stage).
     pub dec_width: usize,
     /// `"bn"` (sparse BatchNorm) or `"ln"` (LayerNorm) for the densify norms.
     pub densify_norm: String,
+    /// The case's LAMB settings.
     pub optimizer: OptimizerMeta,
     /// Per-step losses (also stored as `out.loss.K`).
     pub losses: Vec<f64>,
     /// Per output key: its error between the official fp32 and f64 runs.
     #[serde(default)]
     pub noise_floor: BTreeMap<String, f64>,
+    /// Seed the official run drew its initialisation and masks from.
     #[serde(default)]
     pub seed: Option<u64>,
     /// The case's name (informative only: build from the fields above, never from this).
@@ -69,19 +87,24 @@ pub struct CaseMeta {
 /// One loaded parity case.
 #[derive(Clone, Debug)]
 pub struct GoldenCase {
+    /// The case's description (`spark_case` metadata).
     pub meta: CaseMeta,
+    /// Inputs (`in.*`) and official outputs (`out.*`).
     pub tensors: TensorMap,
 }
 
 /// One tensor's comparison against the reference.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Check {
+    /// The output tensor's key (`out.…`).
     pub key: String,
     /// Largest element-wise |ours − reference| (infinite on a shape mismatch).
     pub max_abs: f64,
     /// The README metric for this key (see [`error_metric`]).
     pub error: f64,
+    /// The largest `error` that passes for this key.
     pub tolerance: f64,
+    /// Whether `error <= tolerance`.
     pub pass: bool,
 }
 

@@ -20,21 +20,37 @@ use zip::ZipArchive;
 /// A loaded pickle value. Tensors are materialised row-major whatever their strides.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PickleValue {
+    /// Python `None`.
     None,
+    /// `bool`.
     Bool(bool),
+    /// `int` (up to 64 bits).
     Int(i64),
+    /// `float`.
     Float(f64),
+    /// `str`.
     Str(String),
+    /// `bytes`.
     Bytes(Vec<u8>),
+    /// `list`.
     List(Vec<PickleValue>),
+    /// `tuple`.
     Tuple(Vec<PickleValue>),
     /// Dicts and `OrderedDict`s, in insertion order.
     Dict(Vec<(PickleValue, PickleValue)>),
+    /// A `torch.Tensor` (its storage read from the archive).
     Tensor(HostTensor),
     /// An instance of an allow-listed non-container class (`torch.device`,
     /// `argparse.Namespace`: constructor `args` and `BUILD` `state`), or a bare reference to
     /// an allow-listed global (`args` empty, `state` None).
-    Object { class: String, args: Vec<PickleValue>, state: Option<Box<PickleValue>> },
+    Object {
+        /// `module.Name` of the class or global.
+        class: String,
+        /// Constructor arguments (`NEWOBJ`/`REDUCE`).
+        args: Vec<PickleValue>,
+        /// The `BUILD` state, if any.
+        state: Option<Box<PickleValue>>,
+    },
 }
 
 impl PickleValue {
@@ -46,6 +62,7 @@ impl PickleValue {
         }
     }
 
+    /// The string, if this is a `str`.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             PickleValue::Str(s) => Some(s),
@@ -53,6 +70,7 @@ impl PickleValue {
         }
     }
 
+    /// The integer, if this is an `int`.
     pub fn as_int(&self) -> Option<i64> {
         match self {
             PickleValue::Int(i) => Some(*i),
@@ -60,6 +78,7 @@ impl PickleValue {
         }
     }
 
+    /// The tensor, if this is a tensor.
     pub fn as_tensor(&self) -> Option<&HostTensor> {
         match self {
             PickleValue::Tensor(t) => Some(t),

@@ -13,13 +13,18 @@ use std::path::Path;
 /// on read; small integer types to I64; BOOL to U8.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HostData {
+    /// 32-bit floats (and widened F16/BF16).
     F32(Vec<f32>),
+    /// 64-bit floats.
     F64(Vec<f64>),
+    /// Integers.
     I64(Vec<i64>),
+    /// Bytes and booleans.
     U8(Vec<u8>),
 }
 
 impl HostData {
+    /// Number of elements.
     pub fn len(&self) -> usize {
         match self {
             HostData::F32(v) => v.len(),
@@ -29,6 +34,7 @@ impl HostData {
         }
     }
 
+    /// Whether there is no element.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -47,7 +53,9 @@ impl HostData {
 /// A dense row-major tensor on the host, in PyTorch layout (NCHW, OIHW, …).
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
+    /// The PyTorch shape.
     pub shape: Vec<usize>,
+    /// The elements, row-major.
     pub data: HostData,
 }
 

@@ -5,31 +5,58 @@ use serde::{Deserialize, Serialize};
 
 use crate::ranges::{FloatRange, IntRange, open};
 
+/// The encoder's architecture.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "lowercase")]
 pub enum EncoderConfig {
     /// timm ResNet (default 7×7 stem of width 64, 3×3/2 max-pool).
-    Resnet { bottleneck: bool, layers: Vec<usize>, channels: Vec<usize> },
+    Resnet {
+        /// Bottleneck blocks (ResNet-50 and up) rather than basic ones.
+        bottleneck: bool,
+        /// Blocks per stage.
+        layers: Vec<usize>,
+        /// Stage widths before the bottleneck expansion.
+        channels: Vec<usize>,
+    },
     /// Official ConvNeXt.
-    Convnext { depths: Vec<usize>, dims: Vec<usize> },
+    Convnext {
+        /// Blocks per stage.
+        depths: Vec<usize>,
+        /// Stage widths.
+        dims: Vec<usize>,
+    },
     /// An encoder defined outside the crate (a [`crate::model::Backbone`], given to the
     /// builder with [`crate::model::SparkBuilder::backbone`]): its name and feature widths.
-    Custom { name: String, feature_widths: Vec<usize> },
+    Custom {
+        /// The backbone's name (saved in `config.json`).
+        name: String,
+        /// Channels of its four feature maps, finest first.
+        feature_widths: Vec<usize>,
+    },
 }
 
+/// The norm of the densify layers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DensifyNorm {
+    /// Sparse BatchNorm (ResNets).
     Bn,
+    /// LayerNorm over channels (ConvNeXts).
     Ln,
 }
 
+/// A SparK model: encoder, input size, decoder width, densify norm and mask ratio.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SparkConfig {
+    /// The encoder's architecture.
     pub encoder: EncoderConfig,
+    /// Square input side in pixels (a multiple of 32).
     pub input_size: usize,
+    /// Decoder width (channels of its first stage).
     pub dec_width: usize,
+    /// The densify layers' norm.
     pub densify_norm: DensifyNorm,
+    /// Fraction of patches masked.
     pub mask_ratio: f64,
 }
 

@@ -8,10 +8,14 @@ use anyhow::{Result, ensure};
 
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 
+/// An element-wise activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
+    /// `max(x, 0)`.
     Relu,
+    /// `min(max(x, 0), 6)`.
     Relu6,
+    /// Exact (erf) GELU, as PyTorch's default.
     Gelu,
 }
 

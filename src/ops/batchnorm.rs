@@ -20,9 +20,13 @@ use crate::ops::reduce::split_count;
 /// The tensors of one training-mode BatchNorm: parameters, running statistics (updated in
 /// place) and the per-channel batch mean and 1/sqrt(var + eps) kept for the backward pass.
 pub struct BnTensors<'a> {
+    /// `[C]` weight γ.
     pub gamma: &'a GpuTensor,
+    /// `[C]` bias β.
     pub beta: &'a GpuTensor,
+    /// `[C]` running mean, updated in place.
     pub running_mean: &'a GpuTensor,
+    /// `[C]` running (unbiased) variance, updated in place.
     pub running_var: &'a GpuTensor,
     /// `[C]`
     pub save_mean: &'a GpuTensor,
@@ -125,8 +129,11 @@ pub fn batchnorm_train_forward_chunked(
 /// element-wise sum over all ranks, times `scale`, before the remaining dispatches run.
 #[derive(Clone, Debug)]
 pub struct HostSum {
+    /// Dispatches of the op that run before the host sum.
     pub after: usize,
+    /// The partial sums to sum over the ranks, in place.
     pub sums: GpuTensor,
+    /// Factor applied to the sum.
     pub scale: f32,
 }
 
@@ -253,8 +260,11 @@ pub fn batchnorm_backward(
 
 /// What [`batchnorm_backward`] reads besides the rows: `γ` and the saved statistics.
 pub struct BnSavedTensors<'a> {
+    /// `[C]` weight γ.
     pub gamma: &'a GpuTensor,
+    /// `[C]` batch mean of the forward.
     pub save_mean: &'a GpuTensor,
+    /// `[C]` 1/sqrt(var + eps) of the forward.
     pub save_invstd: &'a GpuTensor,
 }
 
@@ -337,7 +347,9 @@ pub fn batchnorm_backward_synced(
 /// Batch statistics of a training-mode forward (f64 reference).
 #[derive(Clone, Debug)]
 pub struct BnSaved {
+    /// Per-channel batch mean.
     pub mean: Vec<f64>,
+    /// Per-channel 1/sqrt(var + eps).
     pub invstd: Vec<f64>,
 }
 

@@ -19,8 +19,11 @@ use crate::ops::reduce::{reduce_partials, split_count};
 /// Element strides of the stored weight: `w[t * tap + ci * cin + co * cout]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WeightLayout {
+    /// Stride between taps.
     pub tap: usize,
+    /// Stride between input channels.
     pub cin: usize,
+    /// Stride between output channels.
     pub cout: usize,
 }
 
@@ -59,10 +62,15 @@ impl WeightLayout {
 /// Sizes of the forward convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvShape {
+    /// Rows of the input.
     pub rows_in: usize,
+    /// Rows of the output.
     pub rows_out: usize,
+    /// Input channels.
     pub cin: usize,
+    /// Output channels.
     pub cout: usize,
+    /// Kernel taps (`kh * kw`).
     pub taps: usize,
 }
 

@@ -48,8 +48,11 @@ pub fn masked_patch_loss(
 
 /// What [`masked_patch_loss`] reads and writes besides the images.
 pub struct LossTensors<'a> {
+    /// u32 `[B, fh, fw]` patch mask, 1 = visible (visible patches carry no loss).
     pub visible: &'a GpuTensor,
+    /// The scalar loss.
     pub loss: &'a GpuTensor,
+    /// Per-patch loss `[B * fh * fw]` (0 for visible patches).
     pub per_patch: &'a GpuTensor,
 }
 

@@ -37,18 +37,26 @@ use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 /// parameter can also be bound on its own.
 #[derive(Clone, Debug)]
 pub struct ParamSegment {
+    /// Parameter name, as in the official state dict.
     pub name: String,
+    /// First element in the flat buffers.
     pub offset: usize,
+    /// Number of elements.
     pub len: usize,
+    /// Whether weight decay applies (not to 1-D params, biases, mask tokens, gamma).
     pub weight_decay: bool,
 }
 
 /// The fixed LAMB hyper-parameters.
 #[derive(Clone, Copy, Debug)]
 pub struct LambConfig {
+    /// First-moment decay β1.
     pub beta1: f32,
+    /// Second-moment decay β2.
     pub beta2: f32,
+    /// Denominator epsilon.
     pub eps: f32,
+    /// Global gradient-norm clip: gradients are scaled down to this norm when above it.
     pub max_grad_norm: f32,
 }
 
@@ -99,8 +107,8 @@ fn decimal_f64(x: f32) -> f64 {
 
 /// LAMB state on the GPU and the recorded dispatches of one step.
 pub struct Lamb {
-    pub exp_avg: GpuTensor,
-    pub exp_avg_sq: GpuTensor,
+    exp_avg: GpuTensor,
+    exp_avg_sq: GpuTensor,
     /// [lr, wd, 1 − b1^t, sqrt(1 − b2^t), global grad norm, clip factor, _, _, trust…].
     scalars: GpuTensor,
     cfg: LambConfig,
@@ -302,10 +310,12 @@ impl Lamb {
         ctx.write(&self.scalars.slice(0, 4), &[lr, weight_decay, bc1 as f32, bc2.sqrt() as f32]);
     }
 
+    /// First-moment state, one element per parameter element (checkpointed).
     pub fn exp_avg(&self) -> &GpuTensor {
         &self.exp_avg
     }
 
+    /// Second-moment state, one element per parameter element (checkpointed).
     pub fn exp_avg_sq(&self) -> &GpuTensor {
         &self.exp_avg_sq
     }
@@ -321,10 +331,12 @@ impl Lamb {
         self.scalars.slice(TRUST_BASE, self.segments.len())
     }
 
+    /// The parameter segments, in flat-buffer order.
     pub fn segments(&self) -> &[ParamSegment] {
         &self.segments
     }
 
+    /// The hyper-parameters this optimizer was built with.
     pub fn config(&self) -> LambConfig {
         self.cfg
     }

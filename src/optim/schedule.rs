@@ -12,9 +12,13 @@ use std::f64::consts::PI;
 /// at the start and at the end of the cosine (`--wde`; 0 there means "same as `--wd`"),
 /// epochs and warm-up epochs.
 pub const BASE_LR: f64 = 2e-4;
+/// Official weight decay at the start of the cosine (`--wd`).
 pub const WEIGHT_DECAY: f64 = 0.04;
+/// Official weight decay at the end of the cosine (`--wde`).
 pub const WEIGHT_DECAY_END: f64 = 0.2;
+/// Official pre-training epochs (`--ep`).
 pub const EPOCHS: usize = 1600;
+/// Official warm-up epochs (`--wp_ep`).
 pub const WARMUP_EPOCHS: usize = 40;
 
 /// Learning rate and weight decay of iteration `cur_it` (0-based) of `max_it`:

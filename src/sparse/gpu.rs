@@ -35,9 +35,13 @@ struct Params {
 /// The index tensors of one set on the GPU: `row_of` `[B·h·w]` and `site_of_row` `[rows]`.
 #[derive(Clone, Copy)]
 pub struct SetIndices<'a> {
+    /// Height in sites.
     pub h: usize,
+    /// Width in sites.
     pub w: usize,
+    /// i32 `[B·h·w]`: row of each site or -1.
     pub row_of: &'a GpuTensor,
+    /// i32 `[rows]`: site index of each row.
     pub site_of_row: &'a GpuTensor,
 }
 
@@ -45,10 +49,15 @@ pub struct SetIndices<'a> {
 /// showing `visible_per_image` patches.
 #[derive(Clone, Copy)]
 pub struct MaskTensor<'a> {
+    /// u32 `[B, fh, fw]`, 1 = visible.
     pub visible: &'a GpuTensor,
+    /// Images.
     pub batch: usize,
+    /// Patch rows per image.
     pub fh: usize,
+    /// Patch columns per image.
     pub fw: usize,
+    /// Visible patches in every image.
     pub visible_per_image: usize,
 }
 

@@ -16,17 +16,23 @@ pub const INACTIVE: i32 = -2;
 /// Kernel geometry (square strides and padding, as in every SparK layer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
+    /// Kernel height.
     pub kh: usize,
+    /// Kernel width.
     pub kw: usize,
+    /// Stride (both axes).
     pub stride: usize,
+    /// Padding (both axes).
     pub pad: usize,
 }
 
 impl Window {
+    /// A square `k × k` window.
     pub const fn new(k: usize, stride: usize, pad: usize) -> Self {
         Self { kh: k, kw: k, stride, pad }
     }
 
+    /// Number of taps (`kh * kw`).
     pub fn taps(&self) -> usize {
         self.kh * self.kw
     }
@@ -45,12 +51,16 @@ impl Window {
 /// For each row and tap, an input row or a negative code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NeighbourMap {
+    /// Output rows.
     pub rows_out: usize,
+    /// Taps per row.
     pub taps: usize,
+    /// `map[r * taps + t]`: the input row of tap `t` of output row `r`, or a negative code.
     pub map: Vec<i32>,
 }
 
 impl NeighbourMap {
+    /// The entry of output row `r`, tap `t`.
     pub fn get(&self, r: usize, t: usize) -> i32 {
         self.map[r * self.taps + t]
     }

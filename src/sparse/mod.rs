@@ -15,13 +15,18 @@ pub use maps::{NeighbourMap, Window, conv_map, inverse_map, relativize, transpos
 /// Which patches are visible: `visible[b * fh * fw + py * fw + px]`, 1 = visible.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PatchMask {
+    /// Images.
     pub batch: usize,
+    /// Patch rows per image.
     pub fh: usize,
+    /// Patch columns per image.
     pub fw: usize,
+    /// 1 = visible, `[batch, fh, fw]` row-major.
     pub visible: Vec<u8>,
 }
 
 impl PatchMask {
+    /// A mask from its values (panics if `visible` is not `batch * fh * fw` long).
     pub fn new(batch: usize, fh: usize, fw: usize, visible: Vec<u8>) -> Self {
         assert_eq!(visible.len(), batch * fh * fw, "patch mask of {} values for [{batch},{fh},{fw}]", visible.len());
         Self { batch, fh, fw, visible }
@@ -32,10 +37,12 @@ impl PatchMask {
         Self::new(batch, fh, fw, vec![1; batch * fh * fw])
     }
 
+    /// Whether patch `(py, px)` of image `b` is visible.
     pub fn is_visible(&self, b: usize, py: usize, px: usize) -> bool {
         self.visible[(b * self.fh + py) * self.fw + px] != 0
     }
 
+    /// Number of visible patches over the batch.
     pub fn visible_count(&self) -> usize {
         self.visible.iter().filter(|&&v| v != 0).count()
     }
@@ -44,8 +51,11 @@ impl PatchMask {
 /// The active sites of one stage, in canonical `(b, y, x)` order.
 #[derive(Clone, Debug)]
 pub struct ActiveSet {
+    /// Images.
     pub batch: usize,
+    /// Height in sites.
     pub h: usize,
+    /// Width in sites.
     pub w: usize,
     /// `(b, y, x)` of every row.
     pub sites: Vec<[u32; 3]>,
@@ -72,6 +82,7 @@ impl ActiveSet {
         Self::from_fn(batch, h, w, |_, _, _| true)
     }
 
+    /// The sites where `active(b, y, x)` holds, in canonical order.
     pub fn from_fn(batch: usize, h: usize, w: usize, active: impl Fn(usize, usize, usize) -> bool) -> Self {
         let mut sites = vec![];
         let mut row_of = vec![-1i32; batch * h * w];
@@ -88,6 +99,7 @@ impl ActiveSet {
         Self { batch, h, w, sites, row_of }
     }
 
+    /// Number of rows (active sites).
     pub fn rows(&self) -> usize {
         self.sites.len()
     }

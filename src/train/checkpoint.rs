@@ -18,7 +18,9 @@ use crate::model::SparkModel;
 
 /// The `format` metadata of a training checkpoint (what `export --out` refuses to replace).
 pub const CHECKPOINT_FORMAT: &str = "spark-wgpu checkpoint v1";
+/// Key prefix of LAMB's first moment in a checkpoint.
 pub const EXP_AVG: &str = "optimizer.exp_avg.";
+/// Key prefix of LAMB's second moment in a checkpoint.
 pub const EXP_AVG_SQ: &str = "optimizer.exp_avg_sq.";
 /// Where the encoder's tensors live in SparK names.
 const ENCODER_PREFIX: &str = "sparse_encoder.";
@@ -86,11 +88,13 @@ pub fn read_any(path: &Path) -> Result<(TensorMap, HashMap<String, String>)> {
 /// What `load` did.
 #[derive(Debug, Default)]
 pub struct LoadReport {
+    /// Model tensors loaded from the file.
     pub loaded: usize,
     /// Model tensors the file did not have (they keep their current values).
     pub missing: Vec<String>,
     /// File tensors the model does not have.
     pub unexpected: Vec<String>,
+    /// Whether the file carried optimizer state (and it was loaded).
     pub optimizer_state: bool,
 }
 

@@ -25,21 +25,37 @@ pub use run::{pretrain, pretrain_dist};
 /// Everything that defines a run (saved as `config.json` in the run directory).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PretrainConfig {
+    /// Model preset name (`resnet50`, `convnext_small`, …).
     pub model: String,
+    /// The SparK model built from the preset.
     pub spark: SparkConfig,
+    /// Image folder (None: procedural images).
     pub data: Option<PathBuf>,
+    /// Number of procedural images when `data` is None.
     pub procedural_images: usize,
+    /// Images per step (over all ranks).
     pub batch: usize,
+    /// Epochs the schedules span.
     pub epochs: usize,
+    /// Stop after this many steps (the schedules still span `epochs`).
     pub max_steps: Option<usize>,
+    /// Learning rate per 256 images (scaled by the batch).
     pub base_lr: f64,
+    /// Linear warm-up of the learning rate, in epochs.
     pub warmup_epochs: f64,
+    /// Weight decay at the start of the cosine.
     pub weight_decay: f64,
+    /// Weight decay at the end of the cosine.
     pub weight_decay_end: f64,
+    /// LAMB's second-moment decay.
     pub beta2: f64,
+    /// Seed of initialisation, shuffling, augmentation and masks.
     pub seed: u64,
+    /// Image decoding threads.
     pub workers: usize,
+    /// Encoder weights to start from (`.pth` or safetensors).
     pub init_weights: Option<PathBuf>,
+    /// Checkpoint every this many steps (None: at the end only).
     pub save_every: Option<usize>,
     /// Stochastic depth rate of the encoder (official per-model default).
     #[serde(default)]
@@ -60,9 +76,13 @@ fn default_true() -> bool {
     true
 }
 
+/// The run's configuration, in the run directory.
 pub const CONFIG_FILE: &str = "config.json";
+/// The run's latest checkpoint, in the run directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// One JSON line per step, in the run directory.
 pub const LOG_FILE: &str = "log.jsonl";
+/// The loss / lr / wd curves, in the run directory.
 pub const CURVE_FILE: &str = "loss.png";
 /// Largest `config.json` read back (ours are ~1 KB): a larger file is not one of ours.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -70,6 +90,7 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub const CURVE_SIZE: (u32, u32) = (900, 900);
 
 impl PretrainConfig {
+    /// The encoder's architecture.
     pub fn encoder(&self) -> &EncoderConfig {
         &self.spark.encoder
     }
@@ -106,10 +127,15 @@ impl PretrainConfig {
 
 /// What a finished (or interrupted) run reports.
 pub struct RunSummary {
+    /// Steps completed, counting those of a resumed run.
     pub steps_done: usize,
+    /// Loss of the last step.
     pub last_loss: Option<f32>,
+    /// Loss of the first step of this process.
     pub first_loss: Option<f32>,
+    /// Whether the run stopped on Ctrl-C before its last step (its checkpoint is saved).
     pub interrupted: bool,
+    /// The run directory.
     pub run_dir: PathBuf,
     /// Unreadable images reported and skipped.
     pub skipped_images: usize,

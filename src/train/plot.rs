@@ -28,10 +28,15 @@ pub fn register_font() {
 /// One logged step, as in `log.jsonl`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepRecord {
+    /// Step number (1-based).
     pub step: usize,
+    /// The step's loss.
     pub loss: f32,
+    /// Its learning rate.
     pub lr: f64,
+    /// Its weight decay.
     pub wd: f64,
+    /// Throughput of the step.
     pub images_per_s: f64,
 }
 

@@ -9,18 +9,26 @@ use crate::ranges::{FloatRange, IntRange, above, at_least, int, open};
 /// LAMB's second-moment decay: 0 < β2 < 1 (β2 = 1 never updates the moment, and the bias
 /// correction divides by 1 − β2^t = 0).
 pub const BETA2: FloatRange = open(0.0, 1.0, "the second-moment decay of LAMB");
+/// Base learning rate: positive.
 pub const BASE_LR: FloatRange = above(0.0, "");
+/// Weight decay (start and end): not negative.
 pub const WEIGHT_DECAY: FloatRange = at_least(0.0, "");
+/// Warm-up epochs: not negative.
 pub const WARMUP_EPOCHS: FloatRange = at_least(0.0, "");
 
 /// BatchNorm's batch statistics need at least two images.
 pub const BATCH: IntRange = int(2, "BatchNorm needs at least 2 images");
 /// Benchmarks of a ConvNeXt (LayerNorm only) may use one image.
 pub const BENCH_BATCH: IntRange = int(1, "");
+/// Epochs: at least one.
 pub const EPOCHS: IntRange = int(1, "");
+/// `--max-steps`: at least one.
 pub const MAX_STEPS: IntRange = int(1, "0 steps would do nothing");
+/// `--save-every`: at least one step.
 pub const SAVE_EVERY: IntRange = int(1, "steps between checkpoints");
+/// `--workers`: at least one thread.
 pub const WORKERS: IntRange = int(1, "image decoding threads");
+/// `--procedural-images`: at least one.
 pub const IMAGES: IntRange = int(1, "");
 
 #[cfg(test)]

@@ -80,6 +80,7 @@ fn now() -> f64 {
 /// Appends scalar events to one new event file.
 pub struct EventWriter {
     file: std::fs::File,
+    /// The event file being written.
     pub path: PathBuf,
 }
 
@@ -115,9 +116,13 @@ impl EventWriter {
 /// One decoded event: (step, wall time, file version, scalars).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    /// The event's step.
     pub step: i64,
+    /// Seconds since the Unix epoch.
     pub wall_time: f64,
+    /// The `file_version` of the file's first event.
     pub file_version: Option<String>,
+    /// (tag, value) pairs of the event's summary.
     pub scalars: Vec<(String, f32)>,
 }
 

@@ -24,10 +24,15 @@ use crate::train::{PretrainConfig, checkpoint};
 
 /// Result of reconstructing a batch, in normalised channels-last layout.
 pub struct Reconstruction {
+    /// Image side in pixels.
     pub size: usize,
+    /// The normalised input images, (batch, size, size, 3).
     pub inputs: Vec<f32>,
+    /// The decoder's reconstruction, same layout.
     pub rec: Vec<f32>,
+    /// The patch mask used.
     pub mask: PatchMask,
+    /// Per-image loss.
     pub losses: Vec<f32>,
 }
 
@@ -115,6 +120,7 @@ pub fn reconstruct_batch(model: &mut SparkModel, inputs: Vec<f32>, mask: PatchMa
     Ok(Reconstruction { size, inputs, rec, mask, losses })
 }
 
+/// The panels of a reconstruction figure, left to right.
 pub const COLUMN_TITLES: [&str; 4] = ["input", "masked", "reconstruction", "pasted"];
 /// Height of the title band above and of the caption band below the panels, in pixels.
 pub const TITLE_BAND: u32 = 22;
@@ -159,6 +165,7 @@ pub struct Viz<'c> {
     model: SparkModel<'c>,
     inputs: Vec<f32>,
     mask: PatchMask,
+    /// Folder the figures are written to.
     pub dir: PathBuf,
 }
 

@@ -9,16 +9,25 @@
 /// one SIMD vector of llvmpipe, consecutive splits per vector).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThinTile {
+    /// 4×4 blocks along the reduction.
     pub kg: usize,
+    /// 4×4 blocks along the output channels.
     pub ng: usize,
+    /// Entry point of the 64-wide (GPU) form.
     pub gpu_entry: &'static str,
+    /// Entry point of the 8-wide (CPU) form.
     pub cpu_entry: &'static str,
 }
 
+/// 4 reduction indices × 4 output channels.
 pub const THIN_K1N1: ThinTile = ThinTile { kg: 1, ng: 1, gpu_entry: "k1n1", cpu_entry: "k1n1_cpu" };
+/// 4 reduction indices × 8 output channels.
 pub const THIN_K1N2: ThinTile = ThinTile { kg: 1, ng: 2, gpu_entry: "k1n2", cpu_entry: "k1n2_cpu" };
+/// 16 reduction indices × 4 output channels.
 pub const THIN_K4N1: ThinTile = ThinTile { kg: 4, ng: 1, gpu_entry: "k4n1", cpu_entry: "k4n1_cpu" };
+/// 16 reduction indices × 8 output channels.
 pub const THIN_K4N2: ThinTile = ThinTile { kg: 4, ng: 2, gpu_entry: "k4n2", cpu_entry: "k4n2_cpu" };
+/// 16 reduction indices × 16 output channels.
 pub const THIN_K4N4: ThinTile = ThinTile { kg: 4, ng: 4, gpu_entry: "k4n4", cpu_entry: "k4n4_cpu" };
 
 /// Every tile `conv_wgrad_thin` is generated with (the launchers pick among these).
@@ -31,8 +40,11 @@ pub const THIN_KERNEL: &str = "conv_wgrad_thin";
 /// channels one thread owns (its WGSL `TR`, `4 * TV`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GatherTile {
+    /// Name of the generated shader.
     pub kernel: &'static str,
+    /// Output rows per thread (`TR`).
     pub rows: usize,
+    /// Output channels per thread (`4 * TV`).
     pub cols: usize,
 }
 
@@ -66,13 +78,17 @@ pub const CPU_GATHERS: [(GatherTile, CpuLoads); 3] =
 /// generated `conv` kernel): a thread's rows are `base + RI * i`, and `G` consecutive
 /// row tiles share a phase.
 pub const ROW_INTERLEAVE: usize = 2;
+/// See [`ROW_INTERLEAVE`].
 pub const ROW_GROUP: usize = 8;
 
 /// A hand-unrolled weight-gradient kernel's `const TK` × `TN` (checked by build.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WgradSize {
+    /// Name of the shader.
     pub kernel: &'static str,
+    /// Reduction indices per thread (`TK`).
     pub k: usize,
+    /// Output channels per thread (`TN`).
     pub n: usize,
 }
 
@@ -92,8 +108,11 @@ pub const HAND_WGRAD: [WgradSize; 2] = [CPU_WGRAD_VEC4_SIZE, CPU_WGRAD_SIZE];
 /// from its first and last rows' windows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DepthwiseTile {
+    /// Name of the generated shader.
     pub kernel: &'static str,
+    /// Rows per strip.
     pub rows: usize,
+    /// Kernel side of the fast path.
     pub k: usize,
 }
 
