@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{GpuArgs, ModelArgs};
+use crate::optim::schedule as S;
 use crate::train::ranges as R;
 use crate::train::{PretrainConfig, pretrain_dist, read_run_config};
 
@@ -19,19 +20,19 @@ pub struct PretrainArgs {
     pub spark: ModelArgs,
     #[arg(long, default_value_t = 32, value_parser = |s: &str| R::BATCH.parse(s))]
     pub batch: usize,
-    #[arg(long, default_value_t = 1600, value_parser = |s: &str| R::EPOCHS.parse(s))]
+    #[arg(long, default_value_t = S::EPOCHS, value_parser = |s: &str| R::EPOCHS.parse(s))]
     pub epochs: usize,
     /// Stop after this many steps (the schedule still spans --epochs).
     #[arg(long, value_parser = |s: &str| R::MAX_STEPS.parse(s))]
     pub max_steps: Option<usize>,
     /// Base learning rate; the peak is base_lr × batch / 256 (official scaling).
-    #[arg(long, default_value_t = 2e-4, allow_negative_numbers = true, value_parser = |s: &str| R::BASE_LR.parse(s))]
+    #[arg(long, default_value_t = S::BASE_LR, allow_negative_numbers = true, value_parser = |s: &str| R::BASE_LR.parse(s))]
     pub base_lr: f64,
-    #[arg(long, default_value_t = 40.0, allow_negative_numbers = true, value_parser = |s: &str| R::WARMUP_EPOCHS.parse(s))]
+    #[arg(long, default_value_t = S::WARMUP_EPOCHS as f64, allow_negative_numbers = true, value_parser = |s: &str| R::WARMUP_EPOCHS.parse(s))]
     pub warmup_epochs: f64,
-    #[arg(long, default_value_t = 0.04, allow_negative_numbers = true, value_parser = |s: &str| R::WEIGHT_DECAY.parse(s))]
+    #[arg(long, default_value_t = S::WEIGHT_DECAY, allow_negative_numbers = true, value_parser = |s: &str| R::WEIGHT_DECAY.parse(s))]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true, value_parser = |s: &str| R::WEIGHT_DECAY.parse(s))]
+    #[arg(long, default_value_t = S::WEIGHT_DECAY_END, allow_negative_numbers = true, value_parser = |s: &str| R::WEIGHT_DECAY.parse(s))]
     pub weight_decay_end: f64,
     /// LAMB β2 (default: 0.95 for ResNet, 0.999 for ConvNeXt, as the official recipe).
     #[arg(long, allow_negative_numbers = true, value_parser = |s: &str| R::BETA2.parse(s))]
