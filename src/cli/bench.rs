@@ -114,7 +114,7 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
     let encoder_ms = median((0..a.steps.max(1)).map(|_| timed(&ctx, &enc)).collect::<Result<Vec<_>>>()?);
 
     // Per-kernel breakdown from timestamp queries.
-    let mut kernels: Vec<(String, f64, f64)> = vec![];
+    let mut breakdown = Breakdown::default();
     let profile_note = if a.no_profile {
         "skipped (--no-profile)".to_string()
     } else if !ctx.has_timestamps() {
@@ -133,16 +133,10 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
                 eprintln!("  {:>8.2} ms  {:<28} {} {gf}", ms[i], all[i].kernel.name, all[i].label);
             }
         }
-        let mut by: BTreeMap<String, (f64, u64)> = BTreeMap::new();
-        for (d, t) in all.iter().zip(&ms) {
-            let e = by.entry(d.kernel.name.clone()).or_default();
-            e.0 += t;
-            e.1 += d.flops;
-        }
-        kernels = by.into_iter().map(|(k, (t, fl))| (k, t, if fl > 0 { fl as f64 / (t * 1e6) } else { 0.0 })).collect();
-        kernels.sort_by(|a, b| b.1.total_cmp(&a.1));
+        breakdown = Breakdown::new(&all, &ms);
         "timestamp queries, one pass per dispatch".to_string()
     };
+    let kernels = &breakdown.by_kernel;
     let total: f64 = kernels.iter().map(|k| k.1).sum();
     println!("adapter        {}", ctx.describe());
     println!("model          {} {}×{} batch {} dec-width {} ({} encoder)", a.spark.model, s, s, a.batch, a.spark.dec_width, if a.dense_encoder { "dense" } else { "sparse" });
@@ -164,7 +158,24 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
     println!("dispatches     {}", model.dispatch_count());
     println!("kernels        {profile_note}");
     for (name, ms, gf) in kernels.iter().take(20) {
-        println!("  {name:<40} {ms:>9.2} ms {:>5.1}% {}", 100.0 * ms / total, if *gf > 0.0 { format!("{gf:>7.2} GFLOP/s") } else { String::new() });
+        println!("  {name:<40} {ms:>9.2} ms {:>5.1}% {}", 100.0 * ms / total, gflops(*gf));
+    }
+    if !breakdown.by_op.is_empty() {
+        println!("by op          (pass and op; conv passes by layer below)");
+        for (op, ms, gf) in &breakdown.by_op {
+            println!("  {op:<40} {ms:>9.2} ms {:>5.1}% {}", 100.0 * ms / total, gflops(*gf));
+        }
+        println!("conv layers    (each pass of each conv node: the variant it runs, slowest first)");
+        for c in breakdown.conv_nodes.iter().take(if a.top > 0 { a.top } else { 30 }) {
+            println!("  {:<5} {:>8.2} ms {:>15}  {}  [{}]", c.pass, c.ms, gflops(c.gflops), c.layer, c.variant);
+        }
+    }
+    // The GPU's busy time is the profile's sum (each dispatch timed alone); the rest of the
+    // step is host work, submission and waiting. An estimate: replayed together, dispatches
+    // may overlap or cost more than alone.
+    let idle_share = (total > 0.0 && step.is_finite()).then(|| (1.0 - total / step).max(0.0));
+    if let Some(idle) = idle_share {
+        println!("GPU idle       {:.1}% of the step (step {step:.1} ms, kernels {total:.1} ms)", 100.0 * idle);
     }
     if a.json {
         let j = serde_json::json!({
@@ -185,10 +196,90 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
             "dispatches": model.dispatch_count(),
             "dense_encoder": a.dense_encoder,
             "kernels": kernels.iter().map(|(n, ms, gf)| serde_json::json!({"name": n, "ms": ms, "gflops": gf})).collect::<Vec<_>>(),
+            "ops": breakdown.by_op.iter().map(|(n, ms, gf)| serde_json::json!({"op": n, "ms": ms, "gflops": gf})).collect::<Vec<_>>(),
+            "conv_nodes": breakdown.conv_nodes.iter().map(|c| serde_json::json!({
+                "pass": c.pass, "layer": c.layer, "variant": c.variant, "ms": c.ms, "gflops": c.gflops})).collect::<Vec<_>>(),
+            "gpu_busy_ms": (total > 0.0).then_some(total),
+            "gpu_idle_share": idle_share,
         });
         println!("{j}");
     }
     Ok(())
+}
+
+fn gflops(gf: f64) -> String {
+    if gf > 0.0 { format!("{gf:>7.2} GFLOP/s") } else { String::new() }
+}
+
+/// One pass of one conv node in the profile.
+struct ConvNode {
+    /// `fwd`, `dgrad` or `wgrad`.
+    pass: String,
+    /// The conv's parameter prefix (e.g. `sparse_encoder.sp_cnn.layer1.0.conv2`).
+    layer: String,
+    /// The kernels (shader:entry) its dispatches run, in order, each once.
+    variant: String,
+    ms: f64,
+    gflops: f64,
+}
+
+/// The profile summed by kernel, by op (the pass and op of a conv's label, the kernel's
+/// shader name otherwise) and by conv node, each sorted slowest first.
+#[derive(Default)]
+struct Breakdown {
+    by_kernel: Vec<(String, f64, f64)>,
+    by_op: Vec<(String, f64, f64)>,
+    conv_nodes: Vec<ConvNode>,
+}
+
+impl Breakdown {
+    fn new(all: &[&Dispatch], ms: &[f64]) -> Self {
+        let rate = |t: f64, fl: u64| if fl > 0 { fl as f64 / (t * 1e6) } else { 0.0 };
+        let sorted = |m: BTreeMap<String, (f64, u64)>| {
+            let mut v: Vec<(String, f64, f64)> = m.into_iter().map(|(k, (t, fl))| (k, t, rate(t, fl))).collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1));
+            v
+        };
+        let (mut by_kernel, mut by_op) = (BTreeMap::<String, (f64, u64)>::new(), BTreeMap::<String, (f64, u64)>::new());
+        // Conv launches carry "<pass> <layer>" labels (graph::nodes); consecutive dispatches
+        // with one label are one node's pass.
+        let mut nodes: Vec<(String, Vec<String>, f64, u64)> = vec![];
+        for (d, &t) in all.iter().zip(ms) {
+            let e = by_kernel.entry(d.kernel.name.clone()).or_default();
+            e.0 += t;
+            e.1 += d.flops;
+            let shader = d.kernel.name.split(':').next().unwrap_or(&d.kernel.name).to_string();
+            let op = match d.label.split_once(' ') {
+                Some((pass, _)) => format!("conv {pass}"),
+                None => shader,
+            };
+            let e = by_op.entry(op).or_default();
+            e.0 += t;
+            e.1 += d.flops;
+            if d.label.is_empty() {
+                continue;
+            }
+            match nodes.last_mut() {
+                Some(n) if n.0 == d.label => {
+                    if !n.1.contains(&d.kernel.name) {
+                        n.1.push(d.kernel.name.clone());
+                    }
+                    n.2 += t;
+                    n.3 += d.flops;
+                }
+                _ => nodes.push((d.label.clone(), vec![d.kernel.name.clone()], t, d.flops)),
+            }
+        }
+        let mut conv_nodes: Vec<ConvNode> = nodes
+            .into_iter()
+            .map(|(label, kernels, t, fl)| {
+                let (pass, layer) = label.split_once(' ').unwrap_or(("", &label));
+                ConvNode { pass: pass.to_string(), layer: layer.to_string(), variant: kernels.join(" + "), ms: t, gflops: rate(t, fl) }
+            })
+            .collect();
+        conv_nodes.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Self { by_kernel: sorted(by_kernel), by_op: sorted(by_op), conv_nodes }
+    }
 }
 
 /// Time `reps` bucketed all-reduces of `floats` floats (after one untimed): seconds each.
