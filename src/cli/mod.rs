@@ -36,13 +36,13 @@ pub struct ModelArgs {
     #[arg(long, default_value = "resnet50")]
     pub model: String,
     /// Input resolution (a multiple of 32).
-    #[arg(long, default_value_t = 224, value_parser = |s: &str| R::INPUT_SIZE.parse(s))]
+    #[arg(long, default_value_t = crate::model::config::DEFAULT_INPUT_SIZE, value_parser = |s: &str| R::INPUT_SIZE.parse(s))]
     pub input_size: usize,
     /// Width of the LightDecoder's first block (a multiple of 32).
-    #[arg(long, default_value_t = 768, value_parser = |s: &str| R::DEC_WIDTH.parse(s))]
+    #[arg(long, default_value_t = crate::model::config::DEFAULT_DEC_WIDTH, value_parser = |s: &str| R::DEC_WIDTH.parse(s))]
     pub dec_width: usize,
     /// Fraction of the patches masked in every image.
-    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true, value_parser = |s: &str| R::MASK_RATIO.parse(s))]
+    #[arg(long, default_value_t = crate::model::config::DEFAULT_MASK_RATIO, allow_negative_numbers = true, value_parser = |s: &str| R::MASK_RATIO.parse(s))]
     pub mask_ratio: f64,
 }
 

@@ -33,7 +33,7 @@ pub struct ReconstructArgs {
     #[arg(long, default_value = "reconstruction.png")]
     pub out: PathBuf,
     /// Fraction of patches masked (ignored with `--mask`).
-    #[arg(long, default_value_t = 0.6, allow_negative_numbers = true, value_parser = |s: &str| R::MASK_RATIO.parse(s))]
+    #[arg(long, default_value_t = crate::model::config::DEFAULT_MASK_RATIO, allow_negative_numbers = true, value_parser = |s: &str| R::MASK_RATIO.parse(s))]
     pub mask_ratio: f64,
     /// Seed of the random masks.
     #[arg(long, default_value_t = 0)]
@@ -64,7 +64,7 @@ pub fn run(gpu: &GpuArgs, a: &ReconstructArgs) -> Result<()> {
     let official = || {
         crate::io::pth::load_pth(&a.checkpoint).ok()?.get("input_size")?.as_int().map(|v| v as usize)
     };
-    let size = a.input_size.or(stored).or_else(official).unwrap_or(224);
+    let size = a.input_size.or(stored).or_else(official).unwrap_or(crate::model::config::DEFAULT_INPUT_SIZE);
     let cfg = SparkConfig { encoder, input_size: size, dec_width, densify_norm, mask_ratio: a.mask_ratio };
     cfg.validate()?;
     let f = cfg.grid();

@@ -59,7 +59,8 @@ pub struct LoaderConfig {
 impl Default for LoaderConfig {
     fn default() -> Self {
         let workers = std::thread::available_parallelism().map_or(4, |n| n.get()).clamp(1, 16);
-        Self { batch: 32, size: 224, mask_ratio: 0.6, seed: 0, workers, prefetch: 4 }
+        use crate::model::config::{DEFAULT_INPUT_SIZE, DEFAULT_MASK_RATIO};
+        Self { batch: 32, size: DEFAULT_INPUT_SIZE as u32, mask_ratio: DEFAULT_MASK_RATIO, seed: 0, workers, prefetch: 4 }
     }
 }
 

@@ -63,6 +63,14 @@ pub struct SparkConfig {
 /// SparK's input patch (the encoder's downsample ratio).
 pub const PATCH: usize = 32;
 
+/// The defaults of every command and of [`crate::data::LoaderConfig`]: the official
+/// recipe's mask ratio 0.6 and 224² input, and a decoder 768 wide.
+pub const DEFAULT_MASK_RATIO: f64 = 0.6;
+/// See [`DEFAULT_MASK_RATIO`].
+pub const DEFAULT_INPUT_SIZE: usize = 224;
+/// See [`DEFAULT_MASK_RATIO`].
+pub const DEFAULT_DEC_WIDTH: usize = 768;
+
 // The valid ranges of the model's options (the CLI parses with them too).
 /// 0 masks nothing (nothing to reconstruct, the loss is 0); 1 shows nothing to the encoder.
 pub const MASK_RATIO: FloatRange = open(0.0, 1.0, "0 leaves nothing to reconstruct, 1 nothing to see");
