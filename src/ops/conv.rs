@@ -91,7 +91,7 @@ struct RelayoutParams {
     st: u32,
     sk: u32,
     sn: u32,
-    _pad: u32,
+    taps: u32,
 }
 
 #[repr(C)]
@@ -153,7 +153,6 @@ fn relayout(ctx: &GpuContext, w: &GpuTensor, l: WeightLayout, taps: usize, k: us
     );
     let total = taps * k * n_pad;
     let wt = ctx.zeros(total);
-    let kern = ctx.kernel("conv_relayout")?;
     let p = RelayoutParams {
         total: u(total, "weight size")?,
         kn: u(k, "channels")?,
@@ -162,10 +161,25 @@ fn relayout(ctx: &GpuContext, w: &GpuTensor, l: WeightLayout, taps: usize, k: us
         st: u(l.tap, "weight stride")?,
         sk: u(l.cin, "weight stride")?,
         sn: u(l.cout, "weight stride")?,
-        _pad: 0,
+        taps: u(taps, "taps")?,
     };
-    let d = ctx.dispatch(&kern, &p, &[w, &wt], total as u64);
+    // The tiled entry wants each output channel's (cin, tap) block contiguous in `w` and
+    // the output channel at a larger stride (see conv_relayout.wgsl).
+    let d = if relayout_tiled(l, taps, k) {
+        const TILE: usize = 32; // conv_relayout.wgsl's TILE
+        let kern = ctx.kernel_entry("conv_relayout", "tiled")?;
+        let blocks = (k * taps).div_ceil(TILE) * n_pad.div_ceil(TILE);
+        ctx.dispatch(&kern, &p, &[w, &wt], (blocks * kern.workgroup_size[0] as usize) as u64)
+    } else {
+        ctx.dispatch(&ctx.kernel("conv_relayout")?, &p, &[w, &wt], total as u64)
+    };
     Ok((wt, d))
+}
+
+/// Whether `relayout` takes the tiled entry: (cin, tap) contiguous (`j = k * taps + t`
+/// at unit stride) and the output channel beyond that block.
+fn relayout_tiled(l: WeightLayout, taps: usize, k: usize) -> bool {
+    (l.tap == 1 || taps == 1) && l.cin == taps && l.cout >= k * taps
 }
 
 /// `out[r, n] (+)= bias[n] + Σ_t Σ_k inp[map[r, t], k] · W_t[k, n]` for `W` with strides `l`.
@@ -369,3 +383,46 @@ pub(crate) use kernels::is_cpu;
 use kernels::{ROW_GROUP, ROW_INTERLEAVE, tile_for, wgrad_tile_for};
 use thin::thin_weight_grad;
 pub use reference::{conv_data_grad_ref, conv_forward_ref, conv_weight_grad_ref};
+
+#[cfg(test)]
+mod relayout_tests {
+    use super::*;
+    use crate::testing::random_vec;
+
+    /// Both entries of conv_relayout against the formula, on the layouts the convs use
+    /// (Conv2d forward and data gradient, ConvTranspose2d both ways) and sizes that are
+    /// not multiples of the 32 x 32 tile; the result must be exactly the copy.
+    #[test]
+    fn relayout_both_entries_match_the_copy() {
+        let ctx = GpuContext::new_default().unwrap();
+        for &(cout, cin, taps, n_pad_to) in &[(5, 3, 49, 8), (37, 19, 9, 32), (70, 33, 1, 4), (4, 4, 16, 4), (129, 17, 9, 32)] {
+            let w = random_vec(cout as u64 * 7 + cin as u64, cout * cin * taps);
+            let wg = ctx.upload(&w);
+            // (layout, k, n, which entry it should take): [cout, cin, t] forward (n = cout),
+            // data gradient (n = cin), and a [cin, cout, t] transposed weight both ways.
+            let conv = |ci: usize, co: usize| WeightLayout { tap: 1, cin: ci, cout: co };
+            let cases = [
+                (conv(taps, cin * taps), cin, cout, true),
+                (conv(cin * taps, taps), cout, cin, false),
+                (conv(cout * taps, taps), cin, cout, false),
+                (conv(taps, cout * taps), cout, cin, true),
+            ];
+            for (l, k, n, tiled) in cases {
+                assert_eq!(relayout_tiled(l, taps, k), tiled, "{l:?} taps {taps}");
+                let n_pad = n.next_multiple_of(n_pad_to);
+                let mut want = vec![0f32; taps * k * n_pad];
+                for t in 0..taps {
+                    for kk in 0..k {
+                        for nn in 0..n {
+                            want[(t * k + kk) * n_pad + nn] = w[l.index(t, kk, nn)];
+                        }
+                    }
+                }
+                let (wt, d) = relayout(&ctx, &wg, l, taps, k, n, n_pad).unwrap();
+                ctx.run([&d]).unwrap();
+                let got = ctx.read_f32(&wt).unwrap();
+                assert!(got == want, "relayout {l:?} taps {taps} k {k} n {n} n_pad {n_pad} (tiled {tiled})");
+            }
+        }
+    }
+}
