@@ -12,6 +12,9 @@ mod tiles;
 #[path = "build/conv_wgrad_thin.rs"]
 mod conv_wgrad_thin;
 
+#[path = "build/conv_wgrad.rs"]
+mod conv_wgrad;
+
 #[path = "build/conv_gather.rs"]
 mod conv_gather;
 
@@ -24,33 +27,13 @@ mod depthwise;
 #[path = "build/wgsl.rs"]
 mod wgsl;
 
-/// The value of `const NAME: u32 = Vu;` in a hand-written kernel.
-fn wgsl_const(src: &str, file: &str, name: &str) -> usize {
-    let pre = format!("const {name}: u32 = ");
-    let line = src
-        .lines()
-        .find(|l| l.starts_with(&pre))
-        .unwrap_or_else(|| panic!("shaders/{file}.wgsl has no `{pre}…u;`, which the tile table in src/ops/conv/tiles.rs expects"));
-    line[pre.len()..].trim_end().trim_end_matches(';').trim_end_matches('u').parse().unwrap_or_else(|_| panic!("shaders/{file}.wgsl: `{line}`"))
-}
-
-/// Kernels not generated yet keep their tiles as WGSL constants: they must be the table's.
-fn check_hand_written(dir: &Path) {
-    let read = |k: &str| fs::read_to_string(dir.join(format!("{k}.wgsl"))).unwrap_or_else(|e| panic!("shaders/{k}.wgsl: {e}"));
-    for t in tiles::HAND_WGRAD {
-        let src = read(t.kernel);
-        let got = [wgsl_const(&src, t.kernel, "TK"), wgsl_const(&src, t.kernel, "TN")];
-        assert_eq!(got, [t.k, t.n], "shaders/{}.wgsl: TK, TN differ from src/ops/conv/tiles.rs", t.kernel);
-    }
-}
-
 fn main() {
     // Read at run time: a build script compiled in another checkout must not embed its shaders.
     let root = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap()).to_path_buf();
     let out_dir = Path::new(&env::var("OUT_DIR").unwrap()).to_path_buf();
     let dir = root.join("shaders");
     println!("cargo:rerun-if-changed={}", dir.display());
-    for f in ["src/ops/conv/tiles.rs", "build/conv_wgrad_thin.rs", "build/conv_gather.rs", "build/conv_gather_cpu.rs", "build/depthwise.rs", "build/wgsl.rs"] {
+    for f in ["src/ops/conv/tiles.rs", "build/conv_wgrad_thin.rs", "build/conv_wgrad.rs", "build/conv_gather.rs", "build/conv_gather_cpu.rs", "build/depthwise.rs", "build/wgsl.rs"] {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
     let mut files: Vec<_> = fs::read_dir(&dir)
@@ -60,7 +43,6 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
         .map(|p| (p.file_stem().unwrap().to_string_lossy().to_string(), p))
         .collect();
-    check_hand_written(&dir);
     let mut generated = vec![
         (tiles::GPU_GATHER.kernel, conv_gather::source(&tiles::GPU_GATHER, tiles::ROW_INTERLEAVE, tiles::ROW_GROUP)),
         (tiles::THIN_KERNEL, conv_wgrad_thin::source(&tiles::THIN_TILES)),
@@ -68,6 +50,9 @@ fn main() {
         (tiles::DEPTHWISE_WGRAD_K.kernel, depthwise::wgrad_k(&tiles::DEPTHWISE_WGRAD_K)),
         (tiles::DEPTHWISE_WGRAD, depthwise::wgrad()),
     ];
+    for t in &tiles::SPLIT_K_TILES {
+        generated.push((t.kernel, conv_wgrad::source(t)));
+    }
     for (t, loads) in &tiles::CPU_GATHERS {
         generated.push((t.kernel, conv_gather_cpu::source(t, *loads, tiles::ROW_INTERLEAVE, tiles::ROW_GROUP)));
     }

@@ -11,13 +11,13 @@ use std::fmt::Write as _;
 const HEAD: &str = r#"//
 // Weight gradient of the gather convolution for THIN layers (few output channels, many
 // rows: the full-resolution decoder stages), any adapter: same contract as
-// conv_wgrad.wgsl (split-K partials over output rows in the stored weight layout, then
+// conv_wgrad (build/conv_wgrad.rs: split-K partials over output rows in the stored weight layout, then
 // reduce_partials, fixed order, no atomics).
 //
 // Why a separate kernel: with taps * cin * cout of only tens to hundreds of outputs, a
 // 32 x 32 (CPU) or per-tap 4 x 8 (GPU) channel tile is mostly padding, and the few tiles
 // leave too few threads. Here a thread owns KG x NG blocks of 4 x 4: 4 * KG reduction
-// indices k' = t * cin + ci (spanning taps, as in conv_wgrad_cpu.wgsl, so that cin < 4
+// indices k' = t * cin + ci (spanning taps, as in conv_wgrad_cpu, so that cin < 4
 // wastes nothing) x 4 * NG output channels, over one contiguous chunk of rows, and the
 // launcher uses many splits (thousands of threads).
 //

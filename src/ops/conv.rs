@@ -1,4 +1,4 @@
-//! Gather convolution (the generated `conv` kernel, `conv_relayout.wgsl`, `conv_wgrad.wgsl`,
+//! Gather convolution (the generated `conv` and `conv_wgrad` kernels, `conv_relayout.wgsl`,
 //! `conv_bias_grad.wgsl`): one implicit-GEMM family for every convolution of SparK.
 //!
 //! A convolution is `y[r, co] = bias[co] + Σ_t Σ_ci x[map[r, t], ci] · W_t[ci, co]` over a

@@ -4,7 +4,7 @@
 use crate::gpu::GpuContext;
 
 use super::ConvShape;
-use super::tiles::{self, GatherTile, THIN_K1N1, THIN_K1N2, THIN_K4N1, THIN_K4N2, THIN_K4N4, THIN_KERNEL, ThinTile, WgradSize};
+use super::tiles::{self, GatherTile, THIN_K1N1, THIN_K1N2, THIN_K4N1, THIN_K4N2, THIN_K4N4, THIN_KERNEL, SplitKTile, ThinTile};
 
 /// A gather-GEMM kernel and the output rows × output channels one thread owns: the tile
 /// table's entries (`tiles.rs`, which build.rs generates or checks the WGSL from).
@@ -57,13 +57,13 @@ const fn wgrad(kernel: &'static str, entry: &'static str, k: usize, n: usize, fl
     WgradTile { kernel, entry, k, n, flat, thin }
 }
 
-/// A split-K weight-gradient kernel of the table (`flat`: `k'` spans taps).
-const fn split_k(t: WgradSize, flat: bool) -> WgradTile {
-    wgrad(t.kernel, "main", t.k, t.n, flat, false)
+/// A split-K weight-gradient kernel of the table.
+const fn split_k(t: SplitKTile) -> WgradTile {
+    wgrad(t.kernel, "main", t.k, t.n, t.flat, false)
 }
-pub(crate) const GPU_WGRAD: WgradTile = split_k(tiles::GPU_WGRAD_SIZE, false);
-pub(crate) const CPU_WGRAD_VEC4: WgradTile = split_k(tiles::CPU_WGRAD_VEC4_SIZE, false);
-pub(crate) const CPU_WGRAD: WgradTile = split_k(tiles::CPU_WGRAD_SIZE, true);
+pub(crate) const GPU_WGRAD: WgradTile = split_k(tiles::GPU_WGRAD);
+pub(crate) const CPU_WGRAD_VEC4: WgradTile = split_k(tiles::CPU_WGRAD_VEC4);
+pub(crate) const CPU_WGRAD: WgradTile = split_k(tiles::CPU_WGRAD);
 /// Thin layers (see `is_thin`), the generated conv_wgrad_thin kernel: a tile of the table
 /// in `tiles.rs` as `4 * kg` k' x `4 * ng` output channels per thread, with its 8-wide
 /// (`cpu`) or 64-wide entry point.
@@ -75,7 +75,7 @@ pub(crate) const THIN_CPU_K1N2: WgradTile = thin(THIN_K1N2, true);
 pub(crate) const THIN_CPU_K4N1: WgradTile = thin(THIN_K4N1, true);
 pub(crate) const THIN_CPU_K4N2: WgradTile = thin(THIN_K4N2, true);
 pub(crate) const THIN_CPU_K4N4: WgradTile = thin(THIN_K4N4, true);
-/// GPUs: register tiles the size of conv_wgrad.wgsl's.
+/// GPUs: register tiles the size of the conv_wgrad kernel's.
 pub(crate) const THIN_GPU_K1N1: WgradTile = thin(THIN_K1N1, false);
 pub(crate) const THIN_GPU_K1N2: WgradTile = thin(THIN_K1N2, false);
 
@@ -110,7 +110,7 @@ pub(crate) fn wgrad_tile_for(ctx: &GpuContext, s: &ConvShape) -> WgradTile {
 /// Whether the weight gradient of `s` takes conv_wgrad_thin. CPU: up to 16 output
 /// channels, where a 32-wide column tile is at least half padding (measured on llvmpipe:
 /// the thin tiles win from the 3x3 16->16 decoder conv down; the 3->64 stem keeps the
-/// flat 32x32 tile). GPU: where conv_wgrad.wgsl's per-tap 4 x 8 tile is padded.
+/// flat 32x32 tile). GPU: where conv_wgrad's per-tap 4 x 8 tile is padded.
 pub(crate) fn is_thin(cpu: bool, s: &ConvShape) -> bool {
     if cpu { s.cout <= 16 } else { !s.cin.is_multiple_of(4) || s.cout < 8 }
 }

@@ -81,27 +81,39 @@ pub const ROW_INTERLEAVE: usize = 2;
 /// See [`ROW_INTERLEAVE`].
 pub const ROW_GROUP: usize = 8;
 
-/// A hand-unrolled weight-gradient kernel's `const TK` × `TN` (checked by build.rs).
+/// A split-K weight-gradient kernel (generated, `build/conv_wgrad.rs`): one thread sums
+/// `k` reduction indices × `n` output channels over the rows of its split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WgradSize {
-    /// Name of the shader.
+pub struct SplitKTile {
+    /// Name of the generated shader.
     pub kernel: &'static str,
-    /// Reduction indices per thread (`TK`).
+    /// Reduction indices per thread (`TK`, a multiple of 4).
     pub k: usize,
-    /// Output channels per thread (`TN`).
+    /// Output channels per thread (`TN`, a multiple of 4).
     pub n: usize,
+    /// Invocations per workgroup.
+    pub workgroup: usize,
+    /// The reduction index `k' = t * cin + ci` spans taps (else a thread owns one tap).
+    pub flat: bool,
+    /// x and dy loaded as vec4s (cin and cout multiples of 4; one tap per thread).
+    pub vec4: bool,
+    /// Each step one fused multiply-add (else a multiply, then an add).
+    pub fma: bool,
 }
 
-/// GPUs: 4 input channels × 8 output channels of one tap (conv_wgrad.wgsl, unrolled by
-/// hand without named constants).
-pub const GPU_WGRAD_SIZE: WgradSize = WgradSize { kernel: "conv_wgrad", k: 4, n: 8 };
-/// CPU drivers (see build/conv_gather_cpu.rs), cin and cout multiples of 4.
-pub const CPU_WGRAD_VEC4_SIZE: WgradSize = WgradSize { kernel: "conv_wgrad_cpu_vec4", k: 32, n: 32 };
+/// GPUs: 4 input channels × 8 output channels of one tap, 64-wide workgroups, one
+/// rounding per step.
+pub const GPU_WGRAD: SplitKTile = SplitKTile { kernel: "conv_wgrad", k: 4, n: 8, workgroup: 64, flat: false, vec4: false, fma: true };
+/// CPU drivers (see build/conv_gather_cpu.rs for why 32 × 32), cin and cout multiples of
+/// 4; 8-wide workgroups (one llvmpipe SIMD vector). Multiply then add: the form these
+/// tiles were measured and the CPU family's results recorded with.
+pub const CPU_WGRAD_VEC4: SplitKTile =
+    SplitKTile { kernel: "conv_wgrad_cpu_vec4", k: 32, n: 32, workgroup: 8, flat: false, vec4: true, fma: false };
 /// CPU drivers, any channel counts; `k'` spans taps so that the 3-channel stem fills the tile.
-pub const CPU_WGRAD_SIZE: WgradSize = WgradSize { kernel: "conv_wgrad_cpu", k: 32, n: 32 };
+pub const CPU_WGRAD: SplitKTile = SplitKTile { kernel: "conv_wgrad_cpu", k: 32, n: 32, workgroup: 8, flat: true, vec4: false, fma: false };
 
-/// Weight-gradient kernels whose `const TK`, `TN` build.rs checks against this table.
-pub const HAND_WGRAD: [WgradSize; 2] = [CPU_WGRAD_VEC4_SIZE, CPU_WGRAD_SIZE];
+/// Every split-K weight-gradient kernel build.rs generates.
+pub const SPLIT_K_TILES: [SplitKTile; 3] = [GPU_WGRAD, CPU_WGRAD_VEC4, CPU_WGRAD];
 
 /// A depthwise kernel (generated, `build/depthwise.rs`): strips of `rows` rows and the
 /// `k x k` kernel size it has a fast path for (`rows - 1 <= k`: a strip's inputs come
