@@ -1,10 +1,14 @@
-//! Generates the `conv` gather-GEMM kernel (forward and data gradient on GPUs; included
-//! by build.rs) for a register tile of `src/ops/conv/tiles.rs`. A generator rather than a
-//! hand-unrolled file: the tile is TR rows x TV vec4 columns of named accumulators (WGSL
-//! private arrays indexed in loops spill to memory on some compilers, and `override`s
-//! cannot size them), so every tile shape is the same text with other names.
+//! Generates every gather-GEMM kernel (forward and data gradient; included by build.rs)
+//! from the tiles of `src/ops/conv/tiles.rs`: `conv` (GPUs), `conv_cpu_vec4`, `conv_cpu`
+//! and `conv_cpu_narrow` (CPU drivers). One algorithm: the variants differ only in tile
+//! size, workgroup width, how a step's inputs and weights are loaded and whether a step is
+//! one fused multiply-add. A generator rather than hand-unrolled files: the
+//! `(TR / 4) x TV` mat4x4 accumulators must be named variables (WGSL private arrays
+//! indexed in loops spill to memory on some compilers, and `override`s cannot size them),
+//! so every tile shape is the same text with other names.
 
-use crate::tiles::GatherTile;
+use crate::tiles::{GatherLoads, GatherTile};
+use crate::wgsl::{FMA_OUTER, Lines, OUTER, join};
 
 const HEAD: &str = r#"// Gather convolution as an implicit GEMM (sparse or dense: a dense map has every site):
 //   y[r, n] (+)= bias[n] + sum_t sum_k x[map[r, t], k] * wt[(t * K + k) * n_pad + n]
@@ -12,10 +16,10 @@ const HEAD: &str = r#"// Gather convolution as an implicit GEMM (sparse or dense
 // masked site) contribute zero. The data gradient is this same kernel run over the
 // inverse map with the cin/cout-swapped weight.
 //
-// Each thread owns a register tile of TR output rows x (4 * TV) output channels. On
-// lavapipe every invocation is one SIMD lane and workgroup memory + barriers cost more
-// than they save, so the reuse comes from registers only: per reduction step a thread
-// loads TR inputs and TV vec4 weights for 4 * TR * TV FMAs. Consecutive threads take
+// Each thread owns a register tile of TR output rows x (4 * TV) output channels: per
+// reduction step it loads TR inputs and TV vec4 weights for 4 * TR * TV multiply-adds.
+// The reuse comes from registers only: on lavapipe every invocation is one SIMD lane and
+// workgroup memory + barriers cost more than they save. Consecutive threads take
 // consecutive column tiles of the same rows, so their input loads hit the same address
 // and their weight loads are contiguous (coalesced on real GPUs).
 //
@@ -24,31 +28,42 @@ const HEAD: &str = r#"// Gather convolution as an implicit GEMM (sparse or dense
 // (1 of 4 ky x kx parity classes for 4x4/2) and in the data gradient of a stride-2 conv
 // (inverse map), so with consecutive rows half or more of those taps would be read for
 // nothing; with interleaved rows, whole threads (and SIMD groups) skip them.
-struct Params {
-    rows: u32,       // output rows
-    kin: u32,        // reduction channels K (cin of this gather)
-    n: u32,          // output channels N
-    nv: u32,         // n_pad / 4: vec4 row length of wt
-    taps: u32,
-    ctiles: u32,     // ceil(n / (4 * TV))
-    has_bias: u32,
-    accumulate: u32,
-    total: u32,      // threads launched (informational)
-    _p0: u32, _p1: u32, _p2: u32,
-}
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> map: array<i32>;
-@group(0) @binding(3) var<storage, read> wt: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
-
+//
+// Accumulator a<i>_<j> (mat4x4) holds rows 4i..4i+3 (its columns) x channels 4j..4j+3.
 "#;
 
-const PUT: &str = r#"fn put(r: u32, c: u32, v: vec4<f32>) {
+const WHY_LARGE: &str = r#"//
+// Why so large a tile: a CPU driver (llvmpipe) turns each storage load of a divergent
+// address into a scalar loop over the SIMD lanes (tens of cycles per loaded component),
+// while a multiply-add is one SIMD instruction and a spilled accumulator a plain stack
+// access. Speed is set by components loaded per multiply-add, (TR + TC) / (TR * TC):
+// 0.375 for the 4x8 GPU tile, 0.0625 for 32x32. Measured on llvmpipe (3x3, 128 -> 128):
+// 16x16 2.2, 32x32 4.0, 64x32 4.2 GFLOP/s per CPU-second; larger tiles compile slower.
+// On a GPU these accumulators would spill to local memory, so GPUs keep the 4 x 8 conv.
+"#;
+
+const PARAMS: &str = r#"struct Params {
+    rows: u32, kin: u32, n: u32, nv: u32, taps: u32, ctiles: u32, has_bias: u32, accumulate: u32,
+    total: u32, row_groups: u32, _p1: u32, _p2: u32,
+}
+@group(0) @binding(0) var<uniform> p: Params;
+"#;
+
+const PUT_VEC4: &str = r#"fn put(r: u32, cv: u32, v: vec4<f32>) {
+    let nv = p.n / 4u;
+    if (r >= p.rows || cv >= nv) { return; }
+    var o = v;
+    if (p.has_bias != 0u) { o += bias[cv]; }
+    let i = r * nv + cv;
+    if (p.accumulate != 0u) { o += y[i]; }
+    y[i] = o;
+}
+"#;
+
+const PUT_SCALAR: &str = r#"fn put(r: u32, cv: u32, v: vec4<f32>) {
     if (r >= p.rows) { return; }
     for (var j = 0u; j < 4u; j++) {
-        let cj = c + j;
+        let cj = cv * 4u + j;
         if (cj < p.n) {
             var o = v[j];
             if (p.has_bias != 0u) { o += bias[cj]; }
@@ -58,98 +73,178 @@ const PUT: &str = r#"fn put(r: u32, c: u32, v: vec4<f32>) {
         }
     }
 }
-
 "#;
 
-/// Row `i` of a thread's tile, `base + i * RI`.
-fn row(i: usize) -> String {
-    match i {
-        0 => "base".into(),
-        1 => "base + RI".into(),
-        _ => format!("base + {i}u * RI"),
-    }
+const ROWS: &str = r#"
+// Stores tile rows j..j+3 (rows base + RI * (j + q)) of one vec4 of output channels.
+fn put4(base: u32, j: u32, cv: u32, m: mat4x4<f32>) {
+    let r = base + RI * j;
+    put(r, cv, m[0]); put(r + RI, cv, m[1]); put(r + 2u * RI, cv, m[2]); put(r + 3u * RI, cv, m[3]);
 }
 
-/// `max` over `v` as a balanced tree (the order the hand-written kernel used).
-fn max_tree(mut v: Vec<String>) -> String {
-    while v.len() > 1 {
-        v = v.chunks(2).map(|c| if c.len() == 2 { format!("max({}, {})", c[0], c[1]) } else { c[0].clone() }).collect();
-    }
-    v.remove(0)
+// Map row starts of tile rows j..j+3, clamped to the last row.
+fn rows4(base: u32, j: u32) -> vec4<u32> {
+    let last = p.rows - 1u;
+    let r = vec4<u32>(base) + RI * (vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u));
+    return min(r, vec4<u32>(last)) * p.taps;
 }
 
-/// The WGSL of the gather-GEMM kernel with tile `t` and row interleave `ri`, phase group `g`.
+fn maps4(o: vec4<u32>, t: u32) -> vec4<i32> {
+    return vec4<i32>(map[o.x + t], map[o.y + t], map[o.z + t], map[o.w + t]);
+}
+"#;
+
+const LOADS_VEC4: &str = r#"
+// Inputs of 4 rows (vec4 index bases b, validity v) at vec4 column k4, as matrix columns.
+fn xs4(b: vec4<u32>, v: vec4<bool>, k4: u32) -> mat4x4<f32> {
+    let z = vec4<f32>(0.0);
+    return mat4x4<f32>(select(z, x[b.x + k4], v.x), select(z, x[b.y + k4], v.y),
+                       select(z, x[b.z + k4], v.z), select(z, x[b.w + k4], v.w));
+}
+
+// Weights of 4 consecutive input channels (columns) for one vec4 of output channels.
+fn ws4(i: u32, nv: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(wt[i], wt[i + nv], wt[i + 2u * nv], wt[i + 3u * nv]);
+}
+"#;
+
+const LOADS_SCALAR: &str = r#"
+// Inputs of 4 rows (index bases b, validity v) at input channel k.
+fn xs(b: vec4<u32>, v: vec4<bool>, k: u32) -> vec4<f32> {
+    let s = vec4<f32>(x[b.x + k], x[b.y + k], x[b.z + k], x[b.w + k]);
+    return select(vec4<f32>(0.0), s, v);
+}
+"#;
+
+/// The WGSL of the gather kernel of tile `t` with row interleave `ri` and phase group `g`.
 pub fn source(t: &GatherTile, ri: usize, g: usize) -> String {
-    assert!(t.cols.is_multiple_of(4), "gather tile {t:?}: columns come in vec4s");
-    let (tr, tv) = (t.rows, t.cols / 4);
-    // Row letters a, b, ...: stop before `w`, the weight names.
-    assert!((1..=16).contains(&tr) && tv >= 1, "gather tile {t:?} out of the generator's range");
-    let l: Vec<char> = (0..tr).map(|i| (b'a' + i as u8) as char).collect();
-    let cols = |f: &dyn Fn(usize) -> String| (0..tv).map(f).collect::<Vec<_>>().join(" ");
-    let rows = |f: &dyn Fn(char) -> String| l.iter().map(|&c| f(c)).collect::<Vec<_>>().join(" ");
-    let mut s = String::from(
-        "// GENERATED by build.rs (build/conv_gather.rs) from the tile table in\n\
-         // src/ops/conv/tiles.rs: edit those, not this text.\n",
-    );
-    s += HEAD;
-    s += "// Tile shape (rows x vec4 columns), row interleave and phase group: from the table.\n";
-    s += &format!("const TR: u32 = {tr}u;\nconst TV: u32 = {tv}u;\nconst RI: u32 = {ri}u;\nconst G: u32 = {g}u;\n\n");
-    s += PUT;
-    let mut a = |v: String| {
-        s += &v;
-        s += "\n";
+    let vec4 = t.loads == GatherLoads::Vec4;
+    // Per 4 rows, whether the input loads of a tap none of them reads are skipped.
+    let skip = t.loads != GatherLoads::Scalar;
+    assert!(t.rows.is_multiple_of(4) && t.cols.is_multiple_of(4), "gather tile {t:?}: rows and columns come in 4s");
+    assert!(!(t.fma && vec4), "gather tile {t:?}: fused steps take scalar inputs");
+    let (tr, tv, rg, wg) = (t.rows, t.cols / 4, t.rows / 4, t.workgroup);
+    let mut s = Lines::generated("build/conv_gather.rs");
+    s.text(HEAD);
+    let what = match t.loads {
+        GatherLoads::ScalarSkipEmpty => "N <= 4 output channels (the 3-channel output projection; the stem's data\n\
+             // gradient): a wide column tile would be mostly padding, so the tile grows along rows;\n\
+             // each loaded input serves only N multiply-adds, so it is load-bound whatever its shape",
+        GatherLoads::Vec4 => "K and N multiples of 4 (every ResNet and ConvNeXt layer except the 3-channel\n\
+             // stem and output): x, wt, bias and y as vec4s; one step is a<i>_<j> += W_j * X_i with\n\
+             // X_i the 4 rows' inputs and W_j the weights at 4 consecutive input channels (columns)",
+        GatherLoads::Scalar => "any K and N: scalar input loads, vec4 weight loads from the padded re-laid\n\
+             // weight; one step adds the outer product of the 4 rows' inputs and 4 weights",
     };
-    a("@compute @workgroup_size(64)".into());
-    a("fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {".into());
-    a("    let id = gid.x + gid.y * nwg.x * 64u;".into());
-    a("    let ct = id % p.ctiles;".into());
-    a("    let q = id / p.ctiles;".into());
-    a("    let q2 = q / G;".into());
-    a("    let base = (q2 / RI) * (RI * G * TR) + q2 % RI + RI * (q % G) * TR;".into());
-    a("    // Threads past the last row have nothing to do; rows past it in a partial tile read".into());
-    a("    // the last row and are not stored.".into());
-    a("    if (base >= p.rows) { return; }".into());
-    a("    let last = p.rows - 1u;".into());
-    for (i, c) in l.iter().enumerate() {
-        a(format!("    let r{c} = min({}, last) * p.taps;", row(i)));
+    s.line(&format!("//\n// Variant {}: TR = {tr} rows x {} output channels, {wg}-wide workgroups{}; {what}.", t.kernel, t.cols, if t.fma { ", fused multiply-adds" } else { "" }));
+    if wg == 8 {
+        s.text(WHY_LARGE);
     }
-    for c in &l {
-        a(format!("    {}", cols(&|j| format!("var {c}{j} = vec4<f32>(0.0);"))));
+    s.text(PARAMS);
+    let io = if vec4 { "vec4<f32>" } else { "f32" };
+    s.line(&format!("@group(0) @binding(1) var<storage, read> x: array<{io}>;"));
+    s.line("@group(0) @binding(2) var<storage, read> map: array<i32>;");
+    s.line("@group(0) @binding(3) var<storage, read> wt: array<vec4<f32>>;");
+    s.line(&format!("@group(0) @binding(4) var<storage, read> bias: array<{io}>;"));
+    s.line(&format!("@group(0) @binding(5) var<storage, read_write> y: array<{io}>;"));
+    s.line("");
+    s.line("// Tile shape (rows x vec4 columns), row interleave and phase group: from the table.");
+    s.line(&format!("const TR: u32 = {tr}u;\nconst TV: u32 = {tv}u;\nconst RI: u32 = {ri}u;\nconst G: u32 = {g}u;\n"));
+    s.text(if vec4 { PUT_VEC4 } else { PUT_SCALAR });
+    s.text(ROWS);
+    s.text(if vec4 { LOADS_VEC4 } else { LOADS_SCALAR });
+    if !vec4 {
+        s.text(if t.fma { FMA_OUTER } else { OUTER });
     }
-    a("    let kin = p.kin;".into());
-    a("    let nv = p.nv;".into());
-    a("    for (var t = 0u; t < p.taps; t++) {".into());
-    for c in &l {
-        a(format!("        let m{c} = map[r{c} + t];"));
+    s.line("");
+    if wg == 8 {
+        s.line("// 8 invocations = one SIMD vector of llvmpipe: small layers still spread over every core.");
     }
-    a("        // Skip taps that none of the rows reads (padding, masked sites, the 3 of 4".into());
-    a("        // parities of a transposed conv): a real branch on GPUs, and on lavapipe the".into());
-    a("        // inner loop ends after one masked pass once every lane is idle.".into());
-    a(format!("        if ({} >= 0) {{", max_tree(l.iter().map(|c| format!("m{c}")).collect())));
-    a(format!("            {}", rows(&|c| format!("let v{c} = m{c} >= 0;"))));
-    for c in &l {
-        a(format!("            let x{c} = u32(max(m{c}, 0)) * kin;"));
+    s.line(&format!("@compute @workgroup_size({wg})"));
+    s.line("fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {");
+    s.line(&format!("    let id = gid.x + gid.y * nwg.x * {wg}u;"));
+    s.text(
+        r#"    let ct = id % p.ctiles;
+    let q = id / p.ctiles;
+    let q2 = q / G;
+    let base = (q2 / RI) * (RI * G * TR) + q2 % RI + RI * (q % G) * TR;
+    if (base >= p.rows) { return; }
+"#,
+    );
+    for i in 0..rg {
+        s.line(&format!("    let o{i} = rows4(base, {}u);", 4 * i));
     }
-    a("            var wi = t * kin * nv + ct * TV;".into());
-    a("            for (var k = 0u; k < kin; k++) {".into());
+    for i in 0..rg {
+        s.line(&format!("    {}", join((0..tv).map(|j| format!("var a{i}_{j} = mat4x4<f32>();")))));
+    }
+    s.line(if vec4 { "    let kstep = p.kin / 4u;" } else { "    let kstep = p.kin;" });
+    s.line("    let nv = p.nv;");
+    s.line("    let zero = vec4<i32>(0);");
+    s.line("    for (var t = 0u; t < p.taps; t++) {");
+    for i in 0..rg {
+        s.line(&format!("        let m{i} = maps4(o{i}, t);"));
+    }
+    // Left fold, the order the hand-written kernels used.
+    let mx = (1..rg).fold("m0".to_string(), |acc, i| format!("max({acc}, m{i})"));
+    s.line(&format!("        let mx = {mx};"));
+    if skip {
+        s.line("        // Skip taps that none of the rows reads (see the head of this kernel), and per 4");
+        s.line("        // rows the input loads of a tap that none of them reads: with a transposed 4x4/2");
+        s.line("        // map, 3 of 4 taps are empty for a row, and the 4 rows of a group (8 consecutive");
+        s.line("        // rows) share their image row, so they agree; so do the lanes of a SIMD vector");
+        s.line("        // (rows RI * TR apart). Only the loads are conditional: an accumulator written in a");
+        s.line("        // branch costs llvmpipe a blend per component.");
+    } else {
+        s.line("        // Skip taps that none of the rows reads (see the head of this kernel).");
+    }
+    s.line("        if (max(max(mx.x, mx.y), max(mx.z, mx.w)) >= 0) {");
+    for i in 0..rg {
+        let u = if skip { format!(" let u{i} = any(v{i});") } else { String::new() };
+        s.line(&format!("            let b{i} = vec4<u32>(max(m{i}, zero)) * kstep; let v{i} = m{i} >= zero;{u}"));
+    }
+    s.line("            var wi = t * p.kin * nv + ct * TV;");
+    let k = if vec4 { "k4" } else { "k" };
+    s.line(&format!("            for (var {k} = 0u; {k} < kstep; {k}++) {{"));
     for j in 0..tv {
-        a(if j == 0 { "                let w0 = wt[wi];".into() } else { format!("                let w{j} = wt[wi + {j}u];") });
+        s.line(&if vec4 { format!("                let w{j} = ws4(wi + {j}u, nv);") } else { format!("                let w{j} = wt[wi + {j}u];") });
     }
-    for c in &l {
-        a(format!("                let s{c} = vec4<f32>(select(0.0, x[x{c} + k], v{c}));"));
+    for i in 0..rg {
+        if vec4 {
+            s.line(&format!("                var x{i} = mat4x4<f32>();"));
+            s.line(&format!("                if (u{i}) {{ x{i} = xs4(b{i}, v{i}, k4); }}"));
+            s.line(&format!("                {}", join((0..tv).map(|j| format!("a{i}_{j} += w{j} * x{i};")))));
+        } else if skip {
+            s.line(&format!("                var x{i} = vec4<f32>(0.0);"));
+            s.line(&format!("                if (u{i}) {{ x{i} = xs(b{i}, v{i}, k); }}"));
+            s.line(&format!("                {}", join((0..tv).map(|j| format!("a{i}_{j} += outer(x{i}, w{j});")))));
+        } else if t.fma {
+            s.line(&format!("                let x{i} = xs(b{i}, v{i}, k);"));
+            s.line(&format!("                {}", join((0..tv).map(|j| format!("a{i}_{j} = fma_outer(x{i}, w{j}, a{i}_{j});")))));
+        } else {
+            s.line(&format!("                let x{i} = xs(b{i}, v{i}, k);"));
+            s.line(&format!("                {}", join((0..tv).map(|j| format!("a{i}_{j} += outer(x{i}, w{j});")))));
+        }
     }
-    for c in &l {
-        a(format!("                {}", cols(&|j| format!("{c}{j} = fma(s{c}, w{j}, {c}{j});"))));
+    s.line(if vec4 { "                wi += 4u * nv;" } else { "                wi += nv;" });
+    s.text(
+        r#"            }
+        }
     }
-    a("                wi += nv;".into());
-    a("            }".into());
-    a("        }".into());
-    a("    }".into());
-    a("    let c = ct * TV * 4u;".into());
-    for (i, c) in l.iter().enumerate() {
-        let r = row(i);
-        a(format!("    {}", cols(&|j| if j == 0 { format!("put({r}, c, {c}0);") } else { format!("put({r}, c + {}u, {c}{j});", 4 * j) })));
+    let c = ct * TV;
+    // Epilogue as a loop over row groups (runtime bound, so it stays a loop): written out
+    // per accumulator, the guarded stores make the kernel ~10x slower to compile.
+    for (var i = 0u; i < p.row_groups; i++) {
+"#,
+    );
+    s.line(&format!("        {}", join((0..tv).map(|j| format!("var s{j} = mat4x4<f32>();")))));
+    s.line("        switch i {");
+    for i in 0..rg {
+        s.line(&format!("            case {i}u: {{ {} }}", join((0..tv).map(|j| format!("s{j} = a{i}_{j};")))));
     }
-    a("}".into());
-    s
+    s.line("            default: {}");
+    s.line("        }");
+    s.line(&format!("        {}", join((0..tv).map(|j| format!("put4(base, 4u * i, c + {j}u, s{j});")))));
+    s.line("    }");
+    s.line("}");
+    s.into()
 }

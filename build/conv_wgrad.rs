@@ -7,7 +7,7 @@
 //! build/conv_gather.rs), so the unrolled lines are emitted here.
 
 use crate::tiles::SplitKTile;
-use crate::wgsl::{Lines, join};
+use crate::wgsl::{FMA_OUTER, Lines, OUTER, join};
 
 const HEAD: &str = r#"// Weight gradient of the gather convolution, split-K over output rows:
 //   partials[s, t*st + k*sk + n*sn] = sum over rows r of split s of x[map[r, t], k] * dy[r, n]
@@ -16,7 +16,7 @@ const HEAD: &str = r#"// Weight gradient of the gather convolution, split-K over
 //
 // A thread owns TK reduction indices x TN output channels and one split; per row it loads
 // TK inputs and TN output gradients for TK * TN multiply-adds (register tile only: see
-// build/conv_gather.rs for why not workgroup memory, and build/conv_gather_cpu.rs for why
+// build/conv_gather.rs for why not workgroup memory and why
 // the CPU tiles are this large). Consecutive threads take consecutive output-channel
 // tiles, so their dy loads are contiguous.
 //
@@ -37,20 +37,6 @@ struct Params {
     _p0: u32, _p1: u32, _p2: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
-"#;
-
-const OUTER: &str = r#"
-fn outer(xs: vec4<f32>, g: vec4<f32>) -> mat4x4<f32> {
-    return mat4x4<f32>(g * xs.x, g * xs.y, g * xs.z, g * xs.w);
-}
-"#;
-
-const FMA_OUTER: &str = r#"
-// a + outer(xs, g) with one rounding per component.
-fn fma_outer(xs: vec4<f32>, g: vec4<f32>, a: mat4x4<f32>) -> mat4x4<f32> {
-    return mat4x4<f32>(fma(vec4<f32>(xs.x), g, a[0]), fma(vec4<f32>(xs.y), g, a[1]),
-                       fma(vec4<f32>(xs.z), g, a[2]), fma(vec4<f32>(xs.w), g, a[3]));
-}
 "#;
 
 const PUT_FLAT: &str = r#"

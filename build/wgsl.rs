@@ -45,3 +45,19 @@ pub const CHANNELS4: &str = r#"    // Channels past the end read the last one; t
     let cl = p.c - 1u;
     let cc = vec4<u32>(min(c0, cl), min(c0 + 1u, cl), min(c0 + 2u, cl), min(c0 + 3u, cl));
 "#;
+
+/// `outer(xs, g)`: the 4 x 4 block whose column q is `g * xs[q]` (one multiply-add step of
+/// a register tile is `a += outer(xs, g)`: a multiply, then an add).
+pub const OUTER: &str = r#"
+fn outer(xs: vec4<f32>, g: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(g * xs.x, g * xs.y, g * xs.z, g * xs.w);
+}
+"#;
+
+/// `fma_outer(xs, g, a)`: `a + outer(xs, g)` with one rounding per component.
+pub const FMA_OUTER: &str = r#"
+fn fma_outer(xs: vec4<f32>, g: vec4<f32>, a: mat4x4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(fma(vec4<f32>(xs.x), g, a[0]), fma(vec4<f32>(xs.y), g, a[1]),
+                       fma(vec4<f32>(xs.z), g, a[2]), fma(vec4<f32>(xs.w), g, a[3]));
+}
+"#;

@@ -36,31 +36,28 @@ pub const THIN_TILES: [ThinTile; 5] = [THIN_K1N1, THIN_K1N2, THIN_K4N1, THIN_K4N
 /// Name of the generated shader (`ctx.kernel_entry(THIN_KERNEL, entry)`).
 pub const THIN_KERNEL: &str = "conv_wgrad_thin";
 
-/// A gather-GEMM kernel (forward and data gradient) and the output rows × output
-/// channels one thread owns (its WGSL `TR`, `4 * TV`).
+/// A gather-GEMM kernel (forward and data gradient; generated, `build/conv_gather.rs`):
+/// the output rows × output channels one thread owns (its WGSL `TR`, `4 * TV`), how it
+/// loads its operands, its workgroup width and how a step is summed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GatherTile {
     /// Name of the generated shader.
     pub kernel: &'static str,
-    /// Output rows per thread (`TR`).
+    /// Output rows per thread (`TR`, a multiple of 4).
     pub rows: usize,
     /// Output channels per thread (`4 * TV`).
     pub cols: usize,
+    /// How the operands are loaded.
+    pub loads: GatherLoads,
+    /// Invocations per workgroup.
+    pub workgroup: usize,
+    /// Each step one fused multiply-add (else a multiply, then an add).
+    pub fma: bool,
 }
 
-/// GPUs: a tile that stays in registers (generated, `build/conv_gather.rs`).
-pub const GPU_GATHER: GatherTile = GatherTile { kernel: "conv", rows: 4, cols: 8 };
-/// CPU drivers: loads cost far more than multiply-adds and spills are cheap, so the tiles
-/// are large (see build/conv_gather_cpu.rs). K and N multiples of 4: vec4 loads and stores.
-pub const CPU_GATHER_VEC4: GatherTile = GatherTile { kernel: "conv_cpu_vec4", rows: 32, cols: 32 };
-/// CPU drivers, other K and N (3-channel stem input).
-pub const CPU_GATHER: GatherTile = GatherTile { kernel: "conv_cpu", rows: 32, cols: 32 };
-/// CPU drivers, N <= 4 (3-channel outputs): a 32-wide column tile would be mostly padding.
-pub const CPU_GATHER_NARROW: GatherTile = GatherTile { kernel: "conv_cpu_narrow", rows: 64, cols: 4 };
-
-/// How a CPU gather kernel loads its operands (`build/conv_gather_cpu.rs`).
+/// How a gather kernel loads its operands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CpuLoads {
+pub enum GatherLoads {
     /// x, wt, bias and y as vec4s (K and N multiples of 4).
     Vec4,
     /// Scalar input loads, vec4 weights from the padded re-laid weight.
@@ -70,12 +67,28 @@ pub enum CpuLoads {
     ScalarSkipEmpty,
 }
 
-/// Every CPU gather kernel build.rs generates, with how it loads.
-pub const CPU_GATHERS: [(GatherTile, CpuLoads); 3] =
-    [(CPU_GATHER_VEC4, CpuLoads::Vec4), (CPU_GATHER, CpuLoads::Scalar), (CPU_GATHER_NARROW, CpuLoads::ScalarSkipEmpty)];
+/// GPUs: a 4 x 8 tile that stays in registers (larger ones spill to local memory),
+/// 64-wide workgroups, one rounding per step.
+pub const GPU_GATHER: GatherTile =
+    GatherTile { kernel: "conv", rows: 4, cols: 8, loads: GatherLoads::Scalar, workgroup: 64, fma: true };
+/// CPU drivers: loads cost far more than multiply-adds and spills are cheap, so the tiles
+/// are large (see build/conv_gather.rs); 8-wide workgroups (one llvmpipe SIMD vector);
+/// multiply then add, the form they were measured and the CPU family recorded with.
+/// K and N multiples of 4: vec4 loads and stores.
+pub const CPU_GATHER_VEC4: GatherTile =
+    GatherTile { kernel: "conv_cpu_vec4", rows: 32, cols: 32, loads: GatherLoads::Vec4, workgroup: 8, fma: false };
+/// CPU drivers, other K and N (3-channel stem input).
+pub const CPU_GATHER: GatherTile =
+    GatherTile { kernel: "conv_cpu", rows: 32, cols: 32, loads: GatherLoads::Scalar, workgroup: 8, fma: false };
+/// CPU drivers, N <= 4 (3-channel outputs): a 32-wide column tile would be mostly padding.
+pub const CPU_GATHER_NARROW: GatherTile =
+    GatherTile { kernel: "conv_cpu_narrow", rows: 64, cols: 4, loads: GatherLoads::ScalarSkipEmpty, workgroup: 8, fma: false };
 
-/// Row interleave `RI` and phase group `G` of every gather-GEMM kernel (see the
-/// generated `conv` kernel): a thread's rows are `base + RI * i`, and `G` consecutive
+/// Every gather kernel build.rs generates.
+pub const GATHERS: [GatherTile; 4] = [GPU_GATHER, CPU_GATHER_VEC4, CPU_GATHER, CPU_GATHER_NARROW];
+
+/// Row interleave `RI` and phase group `G` of every gather-GEMM kernel (see
+/// build/conv_gather.rs): a thread's rows are `base + RI * i`, and `G` consecutive
 /// row tiles share a phase.
 pub const ROW_INTERLEAVE: usize = 2;
 /// See [`ROW_INTERLEAVE`].
@@ -104,7 +117,7 @@ pub struct SplitKTile {
 /// GPUs: 4 input channels × 8 output channels of one tap, 64-wide workgroups, one
 /// rounding per step.
 pub const GPU_WGRAD: SplitKTile = SplitKTile { kernel: "conv_wgrad", k: 4, n: 8, workgroup: 64, flat: false, vec4: false, fma: true };
-/// CPU drivers (see build/conv_gather_cpu.rs for why 32 × 32), cin and cout multiples of
+/// CPU drivers (see build/conv_gather.rs for why 32 × 32), cin and cout multiples of
 /// 4; 8-wide workgroups (one llvmpipe SIMD vector). Multiply then add: the form these
 /// tiles were measured and the CPU family's results recorded with.
 pub const CPU_WGRAD_VEC4: SplitKTile =
