@@ -156,13 +156,7 @@ pub fn source(t: &GatherTile, ri: usize, g: usize) -> String {
     if !vec4 {
         s.text(if t.fma { FMA_OUTER } else { OUTER });
     }
-    s.line("");
-    if wg == 8 {
-        s.line("// 8 invocations = one SIMD vector of llvmpipe: small layers still spread over every core.");
-    }
-    s.line(&format!("@compute @workgroup_size({wg})"));
-    s.line("fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {");
-    s.line(&format!("    let id = gid.x + gid.y * nwg.x * {wg}u;"));
+    s.entry(wg);
     s.text(
         r#"    let ct = id % p.ctiles;
     let q = id / p.ctiles;

@@ -98,13 +98,7 @@ pub fn source(t: &SplitKTile) -> String {
     s.line("@group(0) @binding(4) var<storage, read_write> partials: array<f32>;");
     s.text(if t.fma { FMA_OUTER } else { OUTER });
     s.text(if t.flat { PUT_FLAT } else { PUT_TAP });
-    s.line("");
-    if wg == 8 {
-        s.line("// 8 invocations = one SIMD vector of llvmpipe: small layers still spread over every core.");
-    }
-    s.line(&format!("@compute @workgroup_size({wg})"));
-    s.line("fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {");
-    s.line(&format!("    let id = gid.x + gid.y * nwg.x * {wg}u;"));
+    s.entry(wg);
     s.line("    let tid = min(id, p.total - 1u);   // clamp, do not return early (uniform control flow)");
     s.line("    let nt = tid % p.ntiles;");
     s.line("    let q = tid / p.ntiles;");
