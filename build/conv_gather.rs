@@ -7,7 +7,7 @@
 //! indexed in loops spill to memory on some compilers, and `override`s cannot size them),
 //! so every tile shape is the same text with other names.
 
-use crate::tiles::{GatherLoads, GatherTile};
+use crate::tiles::{GatherLoads, GatherStage, GatherTile};
 use crate::wgsl::{FMA_OUTER, Lines, OUTER, join};
 
 const HEAD: &str = r#"// Gather convolution as an implicit GEMM (sparse or dense: a dense map has every site):
@@ -116,8 +116,12 @@ fn xs(b: vec4<u32>, v: vec4<bool>, k: u32) -> vec4<f32> {
 }
 "#;
 
-/// The WGSL of the gather kernel of tile `t` with row interleave `ri` and phase group `g`.
+/// The WGSL of the gather kernel of tile `t` with row interleave `ri` and phase group `g`
+/// (register tiles only).
 pub fn source(t: &GatherTile, ri: usize, g: usize) -> String {
+    if let GatherStage::Workgroup { bk, micro_rows, micro_cols } = t.stage {
+        return staged(t, bk, micro_rows, micro_cols);
+    }
     let vec4 = t.loads == GatherLoads::Vec4;
     // Per 4 rows, whether the input loads of a tap none of them reads are skipped.
     let skip = t.loads != GatherLoads::Scalar;
@@ -239,6 +243,151 @@ pub fn source(t: &GatherTile, ri: usize, g: usize) -> String {
     s.line("        }");
     s.line(&format!("        {}", join((0..tv).map(|j| format!("put4(base, 4u * i, c + {j}u, s{j});")))));
     s.line("    }");
+    s.line("}");
+    s.into()
+}
+
+const STAGED_HEAD: &str = r#"//
+// Staged through workgroup memory (the GPU SGEMM form): a workgroup owns a BM x BN block
+// of the output; per tap it stages the block's map entries, then per step BK reduction
+// indices of the gathered inputs (As, BK x BM) and of the re-laid weight (Bs, BK x BN);
+// each thread sums its TM x TN micro-tile from there. Every input and weight loaded from
+// memory serves BN resp. BM multiply-adds instead of a thread's own 4 x 8.
+//
+// Each output is summed in the order of the register kernels (tap, then input channel,
+// one fused multiply-add per step), and padding adds fma(0, 0, a) = a, so this kernel
+// gives the bits of `conv` (the 4 x 8 register tile): which of the two runs a layer
+// changes its speed only. Barriers sit in uniform control flow (workgroup_id, uniforms).
+"#;
+
+/// The workgroup-staged gather kernel of `t` (`t.rows x t.cols` per workgroup).
+fn staged(t: &GatherTile, bk: usize, tm: usize, tn: usize) -> String {
+    let vec4 = t.loads == GatherLoads::Vec4;
+    let (bm, bn, wg) = (t.rows, t.cols, t.workgroup);
+    assert!(t.fma, "staged gather tile {t:?}: sums with fused multiply-adds (the bits of `conv`)");
+    assert!(tm % 4 == 0 && tn % 4 == 0 && bk % 4 == 0, "staged gather tile {t:?}: micro-tile and stage come in 4s");
+    assert_eq!((bm / tm) * (bn / tn), wg, "staged gather tile {t:?}: one micro-tile per thread");
+    assert!(bm <= wg && bk * bn / 4 <= wg * 4, "staged gather tile {t:?}: map and weight stage loads per thread");
+    let (rg, cg) = (tm / 4, tn / 4);
+    let mut s = Lines::generated("build/conv_gather.rs");
+    s.text(HEAD);
+    s.line(&format!(
+        "//\n// Variant {}: {bm} x {bn} blocks, {tm} x {tn} per thread, {wg}-wide workgroups, {bk} reduction indices per stage{}.",
+        t.kernel,
+        if vec4 { ", vec4 input and output (K and N multiples of 4)" } else { ", scalar inputs (any K and N)" }
+    ));
+    s.text(STAGED_HEAD);
+    s.text(PARAMS);
+    let io = if vec4 { "vec4<f32>" } else { "f32" };
+    s.line(&format!("@group(0) @binding(1) var<storage, read> x: array<{io}>;"));
+    s.line("@group(0) @binding(2) var<storage, read> map: array<i32>;");
+    s.line("@group(0) @binding(3) var<storage, read> wt: array<vec4<f32>>;");
+    s.line(&format!("@group(0) @binding(4) var<storage, read> bias: array<{io}>;"));
+    s.line(&format!("@group(0) @binding(5) var<storage, read_write> y: array<{io}>;"));
+    s.line("");
+    s.line("// Block, micro-tile and stage depth: from the table.");
+    s.line(&format!("const BM: u32 = {bm}u;\nconst BN: u32 = {bn}u;\nconst BK: u32 = {bk}u;\nconst TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\nconst WG: u32 = {wg}u;"));
+    s.line("");
+    s.line("// Row entries of the block at the current tap, inputs (k-major) and weights of a stage.");
+    s.line("var<workgroup> rowm: array<i32, BM>;");
+    s.line("var<workgroup> As: array<vec4<f32>, BK * BM / 4u>;");
+    s.line("var<workgroup> Bs: array<vec4<f32>, BK * BN / 4u>;");
+    s.line("");
+    s.text(if vec4 { PUT_VEC4 } else { PUT_SCALAR });
+    s.text(FMA_OUTER);
+    s.line("");
+    s.line(&format!("@compute @workgroup_size({wg})"));
+    s.line("fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {");
+    s.text(
+        r#"    let block = wid.x + wid.y * nwg.x;
+    let cb = block % p.ctiles;
+    let row0 = (block / p.ctiles) * BM;
+    // Thread (ty, tx): rows row0 + ty * TM .., vec4 columns cb * BN / 4 + tx * TN / 4 ..
+    let tx = lid % (BN / TN);
+    let ty = lid / (BN / TN);
+    let nv = p.nv;
+"#,
+    );
+    for i in 0..rg {
+        s.line(&format!("    {}", join((0..cg).map(|j| format!("var a{i}_{j} = mat4x4<f32>();")))));
+    }
+    s.text(
+        r#"    for (var t = 0u; t < p.taps; t++) {
+        // (the previous stage's last barrier keeps rowm until every load of it is done)
+        if (lid < BM) {
+            let r = row0 + lid;
+            rowm[lid] = select(-1, map[min(r, p.rows - 1u) * p.taps + t], r < p.rows);
+        }
+        workgroupBarrier();
+        for (var k0 = 0u; k0 < p.kin; k0 += BK) {
+"#,
+    );
+    if vec4 {
+        s.line("            // Inputs: one vec4 of 4 consecutive channels of one row per load.");
+        s.line("            for (var e = lid; e < BM * BK / 4u; e += WG) {");
+        s.line("                let i = e / (BK / 4u);");
+        s.line("                let kq = e % (BK / 4u);");
+        s.line("                let k = k0 + 4u * kq;");
+        s.line("                let m = rowm[i];");
+        s.line("                var v = vec4<f32>(0.0);");
+        s.line("                if (m >= 0 && k < p.kin) { v = x[u32(m) * (p.kin / 4u) + k / 4u]; }");
+        s.line("                for (var c = 0u; c < 4u; c++) { As[(4u * kq + c) * (BM / 4u) + i / 4u][i % 4u] = v[c]; }");
+        s.line("            }");
+    } else {
+        s.line("            // Inputs: consecutive threads read consecutive channels of one row.");
+        s.line("            for (var e = lid; e < BM * BK; e += WG) {");
+        s.line("                let i = e / BK;");
+        s.line("                let kk = e % BK;");
+        s.line("                let k = k0 + kk;");
+        s.line("                let m = rowm[i];");
+        s.line("                var v = 0.0;");
+        s.line("                if (m >= 0 && k < p.kin) { v = x[u32(m) * p.kin + k]; }");
+        s.line("                As[kk * (BM / 4u) + i / 4u][i % 4u] = v;");
+        s.line("            }");
+    }
+    s.text(
+        r#"            // Weights: BK rows of the re-laid weight (padded to BN columns), vec4s.
+            for (var e = lid; e < BK * BN / 4u; e += WG) {
+                let kk = e / (BN / 4u);
+                let j = e % (BN / 4u);
+                let k = k0 + kk;
+                var w = vec4<f32>(0.0);
+                if (k < p.kin) { w = wt[(t * p.kin + k) * nv + cb * (BN / 4u) + j]; }
+                Bs[e] = w;
+            }
+            workgroupBarrier();
+            for (var kk = 0u; kk < BK; kk++) {
+"#,
+    );
+    for i in 0..rg {
+        s.line(&format!("                let x{i} = As[kk * (BM / 4u) + ty * (TM / 4u) + {i}u];"));
+    }
+    for j in 0..cg {
+        s.line(&format!("                let w{j} = Bs[kk * (BN / 4u) + tx * (TN / 4u) + {j}u];"));
+    }
+    for i in 0..rg {
+        s.line(&format!("                {}", join((0..cg).map(|j| format!("a{i}_{j} = fma_outer(x{i}, w{j}, a{i}_{j});")))));
+    }
+    s.text(
+        r#"            }
+            workgroupBarrier();
+        }
+    }
+    let r = row0 + ty * TM;
+    let c = cb * (BN / 4u) + tx * (TN / 4u);
+"#,
+    );
+    for i in 0..rg {
+        for j in 0..cg {
+            s.line(&format!(
+                "    put(r + {}u, c + {j}u, a{i}_{j}[0]); put(r + {}u, c + {j}u, a{i}_{j}[1]); put(r + {}u, c + {j}u, a{i}_{j}[2]); put(r + {}u, c + {j}u, a{i}_{j}[3]);",
+                4 * i,
+                4 * i + 1,
+                4 * i + 2,
+                4 * i + 3
+            ));
+        }
+    }
     s.line("}");
     s.into()
 }

@@ -209,9 +209,15 @@ fn gather_gemm(
     let n_pad = n.next_multiple_of(tile.cols);
     let (wt, relayout) = relayout(ctx, w, l, taps, k, n, n_pad)?;
     let ctiles = n_pad / tile.cols;
-    // Threads come in blocks of ROW_INTERLEAVE * ROW_GROUP row tiles (see build/conv_gather.rs).
-    let block = ROW_INTERLEAVE * ROW_GROUP;
-    let total = rows.div_ceil(block * tile.rows) * block * ctiles;
+    let total = match tile.stage {
+        // Threads come in blocks of ROW_INTERLEAVE * ROW_GROUP row tiles (see build/conv_gather.rs).
+        GatherStage::Registers => {
+            let block = ROW_INTERLEAVE * ROW_GROUP;
+            rows.div_ceil(block * tile.rows) * block * ctiles
+        }
+        // One workgroup per rows x cols block.
+        GatherStage::Workgroup { .. } => rows.div_ceil(tile.rows) * ctiles * tile.workgroup,
+    };
     let p = GatherParams {
         rows: u(rows, "rows")?,
         kin: u(k, "channels")?,
@@ -381,6 +387,7 @@ mod tests;
 
 pub(crate) use kernels::is_cpu;
 use kernels::{ROW_GROUP, ROW_INTERLEAVE, tile_for, wgrad_tile_for};
+use tiles::GatherStage;
 use thin::thin_weight_grad;
 pub use reference::{conv_data_grad_ref, conv_forward_ref, conv_weight_grad_ref};
 

@@ -124,18 +124,53 @@ const THIN_TILES: [WgradTile; 2 * tiles::THIN_TILES.len()] = {
 /// Every gather-GEMM kernel (forward and data gradient) and weight-gradient kernel that
 /// can run `cin -> cout`, paired up.
 fn tiles_for(cin: usize, cout: usize) -> Vec<(GemmTile, WgradTile)> {
-    let mut t = vec![
-        (GPU_TILE, GPU_WGRAD),
-        (CPU_TILE, CPU_WGRAD),
-        (CPU_NARROW_TILE, CPU_WGRAD),
-        (GPU_TILE, THIN_GPU_K1N2),
-        (CPU_NARROW_TILE, THIN_CPU_K4N1),
-        (CPU_TILE, THIN_CPU_K4N4),
-    ];
-    if cin.is_multiple_of(4) && cout.is_multiple_of(4) {
-        t.push((CPU_VEC4_TILE, CPU_WGRAD_VEC4));
+    // Every gather kernel of the table that fits the layer, each beside a weight-gradient
+    // kernel (every one of those appears in turn).
+    let wgrads = [GPU_WGRAD, CPU_WGRAD, THIN_GPU_K1N2, THIN_CPU_K4N1, THIN_CPU_K4N4, THIN_GPU_K1N1, CPU_WGRAD_VEC4];
+    let vec4 = cin.is_multiple_of(4) && cout.is_multiple_of(4);
+    let wgrads: Vec<_> = wgrads.into_iter().filter(|w| vec4 || *w != CPU_WGRAD_VEC4).collect();
+    let mut t = vec![];
+    for (i, g) in super::tiles::GATHERS.iter().filter(|g| g.fits(cin, cout, 1) && g.fits(cout, cin, 1)).enumerate() {
+        t.push((*g, wgrads[i % wgrads.len()]));
+    }
+    for (i, w) in wgrads.iter().enumerate().skip(t.len()) {
+        t.push((t[i % t.len()].0, *w));
     }
     t
+}
+
+/// The workgroup-staged gather kernels give the bits of the 4 x 8 register kernel (same
+/// order, one fused multiply-add per step), forward and data gradient, on sizes that fit
+/// no block (rows past a block, channels past BN, K past BK).
+#[test]
+fn staged_gathers_match_the_register_kernel_bitwise() {
+    let ctx = GpuContext::new_default().unwrap();
+    let geo = Geo { name: "sparse 3x3/1", win: Window::new(3, 1, 1), transposed: false, h_in: 12, dense: false };
+    let mask = random_patch_mask(21, 3, 2, 2, 0.5);
+    let (inp, out, map) = sets(&geo, &mask);
+    let inv = inverse_map(&map, inp.rows());
+    for (cin, cout) in [(3, 70), (17, 9), (20, 132), (68, 36)] {
+        let s = ConvShape { rows_in: inp.rows(), rows_out: out.rows(), cin, cout, taps: 9 };
+        let l = layout_of(&geo, cin, cout);
+        let (xt, mt, it) = (ctx.upload(&random_vec(1, s.rows_in * cin)), ctx.upload(&map.map), ctx.upload(&inv.map));
+        let (wt, bt, gt) = (ctx.upload(&random_vec(2, 9 * cin * cout)), ctx.upload(&random_vec(3, cout)), ctx.upload(&random_vec(4, s.rows_out * cout)));
+        let run = |tile: GemmTile| {
+            FORCE_TILE.with(|f| f.set(Some(tile)));
+            let (yt, dxt) = (ctx.upload(&random_vec(5, s.rows_out * cout)), ctx.upload(&random_vec(6, s.rows_in * cin)));
+            let mut ds = conv_forward(&ctx, &xt, &mt, &wt, l, Some(&bt), &yt, s, true).unwrap();
+            ds.extend(conv_data_grad(&ctx, &gt, &it, &wt, l, &dxt, s, false).unwrap());
+            ctx.run(&ds).unwrap();
+            let bits = |t: &GpuTensor| ctx.read_f32(t).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            (bits(&yt), bits(&dxt))
+        };
+        let want = run(GPU_TILE);
+        for tile in super::tiles::GATHERS.iter().filter(|g| matches!(g.stage, GatherStage::Workgroup { .. }) && g.fits(cin, cout, 1) && g.fits(cout, cin, 1)) {
+            let got = run(*tile);
+            assert!(got.0 == want.0, "{cin}->{cout} {}: y differs from conv's", tile.kernel);
+            assert!(got.1 == want.1, "{cin}->{cout} {}: dx differs from conv's", tile.kernel);
+        }
+    }
+    FORCE_TILE.with(|f| f.set(None));
 }
 
 #[test]

@@ -37,15 +37,17 @@ pub const THIN_TILES: [ThinTile; 5] = [THIN_K1N1, THIN_K1N2, THIN_K4N1, THIN_K4N
 pub const THIN_KERNEL: &str = "conv_wgrad_thin";
 
 /// A gather-GEMM kernel (forward and data gradient; generated, `build/conv_gather.rs`):
-/// the output rows × output channels one thread owns (its WGSL `TR`, `4 * TV`), how it
-/// loads its operands, its workgroup width and how a step is summed.
+/// the output rows × output channels one thread (register tiles) or one workgroup
+/// (staged tiles) owns, how it loads its operands, its workgroup width and how a step is
+/// summed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GatherTile {
     /// Name of the generated shader.
     pub kernel: &'static str,
-    /// Output rows per thread (`TR`, a multiple of 4).
+    /// Output rows per thread (`TR`, a multiple of 4), or per workgroup when staged.
     pub rows: usize,
-    /// Output channels per thread (`4 * TV`).
+    /// Output channels per thread (`4 * TV`), or per workgroup when staged (the re-laid
+    /// weight is padded to a multiple of it).
     pub cols: usize,
     /// How the operands are loaded.
     pub loads: GatherLoads,
@@ -53,6 +55,37 @@ pub struct GatherTile {
     pub workgroup: usize,
     /// Each step one fused multiply-add (else a multiply, then an add).
     pub fma: bool,
+    /// Where the operands are reused from.
+    pub stage: GatherStage,
+}
+
+/// Where a gather kernel reuses its operands from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatherStage {
+    /// Each thread's own registers (`rows x cols` per thread).
+    Registers,
+    /// A `rows x cols` block per workgroup: each step stages `bk` reduction indices of the
+    /// gathered inputs and of the weights in workgroup memory, and each thread sums a
+    /// `micro_rows x micro_cols` micro-tile of the block from there (GPU SGEMM form).
+    Workgroup {
+        /// Reduction indices staged per step.
+        bk: usize,
+        /// Output rows per thread (a multiple of 4).
+        micro_rows: usize,
+        /// Output channels per thread (a multiple of 4).
+        micro_cols: usize,
+    },
+}
+
+impl GatherTile {
+    /// Whether this tile can run a layer of `k` input and `n` output channels over
+    /// `rows_in` input rows (vec4 bindings need channels in 4s and at least one vec4).
+    pub const fn fits(&self, k: usize, n: usize, rows_in: usize) -> bool {
+        match self.loads {
+            GatherLoads::Vec4 => k.is_multiple_of(4) && n.is_multiple_of(4) && rows_in > 0,
+            _ => true,
+        }
+    }
 }
 
 /// How a gather kernel loads its operands.
@@ -70,22 +103,51 @@ pub enum GatherLoads {
 /// GPUs: a 4 x 8 tile that stays in registers (larger ones spill to local memory),
 /// 64-wide workgroups, one rounding per step.
 pub const GPU_GATHER: GatherTile =
-    GatherTile { kernel: "conv", rows: 4, cols: 8, loads: GatherLoads::Scalar, workgroup: 64, fma: true };
+    GatherTile { kernel: "conv", rows: 4, cols: 8, loads: GatherLoads::Scalar, workgroup: 64, fma: true, stage: GatherStage::Registers };
 /// CPU drivers: loads cost far more than multiply-adds and spills are cheap, so the tiles
 /// are large (see build/conv_gather.rs); 8-wide workgroups (one llvmpipe SIMD vector);
 /// multiply then add, the form they were measured and the CPU family recorded with.
 /// K and N multiples of 4: vec4 loads and stores.
 pub const CPU_GATHER_VEC4: GatherTile =
-    GatherTile { kernel: "conv_cpu_vec4", rows: 32, cols: 32, loads: GatherLoads::Vec4, workgroup: 8, fma: false };
+    GatherTile { kernel: "conv_cpu_vec4", rows: 32, cols: 32, loads: GatherLoads::Vec4, workgroup: 8, fma: false, stage: GatherStage::Registers };
 /// CPU drivers, other K and N (3-channel stem input).
 pub const CPU_GATHER: GatherTile =
-    GatherTile { kernel: "conv_cpu", rows: 32, cols: 32, loads: GatherLoads::Scalar, workgroup: 8, fma: false };
+    GatherTile { kernel: "conv_cpu", rows: 32, cols: 32, loads: GatherLoads::Scalar, workgroup: 8, fma: false, stage: GatherStage::Registers };
 /// CPU drivers, N <= 4 (3-channel outputs): a 32-wide column tile would be mostly padding.
 pub const CPU_GATHER_NARROW: GatherTile =
-    GatherTile { kernel: "conv_cpu_narrow", rows: 64, cols: 4, loads: GatherLoads::ScalarSkipEmpty, workgroup: 8, fma: false };
+    GatherTile { kernel: "conv_cpu_narrow", rows: 64, cols: 4, loads: GatherLoads::ScalarSkipEmpty, workgroup: 8, fma: false, stage: GatherStage::Registers };
+
+/// GPUs, large layers: 64 x 64 blocks of 256 threads with 4 x 4 micro-tiles, 8 reduction
+/// indices per stage (4 KiB of workgroup memory), the shape of the published WGSL SGEMMs
+/// that reach 60-70 % of peak. Scalar loads: any K and N. Each output is summed in the
+/// order of `GPU_GATHER` (tap, then channel, one fused multiply-add each), so the two give
+/// identical bits and the tuner's choice between them cannot change a result.
+pub const GPU_GATHER_B64: GatherTile = GatherTile {
+    kernel: "conv_b64",
+    rows: 64,
+    cols: 64,
+    loads: GatherLoads::Scalar,
+    workgroup: 256,
+    fma: true,
+    stage: GatherStage::Workgroup { bk: 8, micro_rows: 4, micro_cols: 4 },
+};
+/// `GPU_GATHER_B64` with vec4 input and output loads (K and N multiples of 4).
+pub const GPU_GATHER_B64_VEC4: GatherTile = GatherTile { kernel: "conv_b64_vec4", loads: GatherLoads::Vec4, ..GPU_GATHER_B64 };
+/// GPUs, the largest layers: 128 x 64 blocks, 8 x 4 micro-tiles, 16 reduction indices per
+/// stage (12 KiB), vec4 loads: twice the reuse of a staged input per loaded weight.
+pub const GPU_GATHER_B128_VEC4: GatherTile = GatherTile {
+    kernel: "conv_b128_vec4",
+    rows: 128,
+    cols: 64,
+    loads: GatherLoads::Vec4,
+    workgroup: 256,
+    fma: true,
+    stage: GatherStage::Workgroup { bk: 16, micro_rows: 8, micro_cols: 4 },
+};
 
 /// Every gather kernel build.rs generates.
-pub const GATHERS: [GatherTile; 4] = [GPU_GATHER, CPU_GATHER_VEC4, CPU_GATHER, CPU_GATHER_NARROW];
+pub const GATHERS: [GatherTile; 7] =
+    [GPU_GATHER, GPU_GATHER_B64, GPU_GATHER_B64_VEC4, GPU_GATHER_B128_VEC4, CPU_GATHER_VEC4, CPU_GATHER, CPU_GATHER_NARROW];
 
 /// Row interleave `RI` and phase group `G` of every gather-GEMM kernel (see
 /// build/conv_gather.rs): a thread's rows are `base + RI * i`, and `G` consecutive
