@@ -8,11 +8,16 @@
 //!
 //! FLOPs = 2 · rows_out · taps · cin · cout, with the rows that are actually computed (the
 //! visible ones for sparse), the same count for each of the three passes.
+//!
+//! Under each layer, every candidate kernel of each pass of the sparse layer (what
+//! `--tune` chooses among on this adapter, timed the way the tuner times them), the
+//! fixed rule's marked `fixed` and the fastest `*`. `--kernels`-style family choice:
+//! `SPARK_WGPU_KERNELS=gpu cargo bench --bench conv` lists the GPU family's candidates.
 
 use std::time::Instant;
 
 use spark_wgpu::gpu::{Dispatch, GpuContext};
-use spark_wgpu::ops::conv::{ConvShape, WeightLayout, conv_data_grad, conv_forward, conv_weight_grad};
+use spark_wgpu::ops::conv::{ConvShape, WeightLayout, candidates, conv_data_grad, conv_forward, conv_weight_grad};
 use spark_wgpu::sparse::{ActiveSet, PatchMask, Window, conv_map, inverse_map};
 use spark_wgpu::rng::{random_patch_mask, random_vec};
 
@@ -131,5 +136,26 @@ fn main() {
                 speed
             );
         }
+        print_candidates(&ctx, l, &sparse_mask);
+    }
+}
+
+/// The candidates of every pass of the sparse layer, with their GFLOP/s.
+fn print_candidates(ctx: &GpuContext, l: &Layer, mask: &PatchMask) {
+    let h_out = l.win.out_size(l.h_in);
+    let (inp, out) = (ActiveSet::from_patch_mask(mask, l.h_in, l.h_in), ActiveSet::from_patch_mask(mask, h_out, h_out));
+    let flops = ConvShape { rows_in: inp.rows(), rows_out: out.rows(), cin: l.cin, cout: l.cout, taps: l.win.taps() }.flops();
+    let cands = candidates(ctx, &inp, &out, l.win, false, l.cin, l.cout, false).unwrap();
+    for pass in ["fwd", "dgrad", "wgrad"] {
+        let of: Vec<_> = cands.iter().filter(|c| c.pass == pass).collect();
+        let best = of.iter().map(|c| c.ms).fold(f64::INFINITY, f64::min);
+        let line: Vec<String> = of
+            .iter()
+            .map(|c| {
+                let mark = format!("{}{}", if c.fixed { " fixed" } else { "" }, if c.ms == best && of.len() > 1 { " *" } else { "" });
+                format!("{} {:.2} ms {:.1} GF/s{mark}", c.name, c.ms, flops / c.ms / 1e6)
+            })
+            .collect();
+        println!("{:<26}   {pass:<6} candidates: {}", "", line.join(" | "));
     }
 }

@@ -68,8 +68,12 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
     let cfg = spark_config(a)?;
     let t_build = Instant::now();
     let mut model = bench_builder(&ctx, a, cfg.clone(), a.batch).build()?;
+    if let Some(line) = ctx.tuner.summary() {
+        eprintln!("{line}");
+    }
     ctx.check("building the benchmark graph")?;
     let build_s = t_build.elapsed().as_secs_f64();
+    let tune = ctx.tuner.report();
     let f = cfg.grid();
     let s = a.spark.input_size;
     let images = random_vec(7, a.batch * s * s * 3);
@@ -201,6 +205,9 @@ pub fn run(gpu: &GpuArgs, a: &BenchArgs, world: &dyn crate::dist::Collective) ->
                 "pass": c.pass, "layer": c.layer, "variant": c.variant, "ms": c.ms, "gflops": c.gflops})).collect::<Vec<_>>(),
             "gpu_busy_ms": (total > 0.0).then_some(total),
             "gpu_idle_share": idle_share,
+            "build_s": build_s,
+            "tune": {"mode": ctx.tuner.mode().name(), "timed": tune.timed, "cached": tune.cached,
+                "spent_s": tune.spent.as_secs_f64(), "choices": ctx.tuner.choices()},
         });
         println!("{j}");
     }

@@ -66,6 +66,12 @@ pub struct GpuArgs {
     /// adapter, e.g. to test it on lavapipe); env SPARK_WGPU_KERNELS.
     #[arg(long, global = true, value_parser = ["auto", "cpu", "gpu"])]
     pub kernels: Option<String>,
+    /// Conv kernel choice: cached (default: time each layer's candidate kernels once when
+    /// the graph is built, remember them per adapter in the user's cache directory), full
+    /// (time again), off (the family's fixed rule) or cycle (testing: every variant in
+    /// turn); env SPARK_WGPU_TUNE. A resumed run replays the choices it started with.
+    #[arg(long, global = true, value_parser = ["off", "cached", "full", "cycle"])]
+    pub tune: Option<String>,
     /// Under MPI: let every rank of a node use the first matching adapter instead of one
     /// adapter per node-local rank (one GPU, or lavapipe, shared by several ranks).
     #[arg(long, global = true)]
@@ -75,7 +81,13 @@ pub struct GpuArgs {
 impl GpuArgs {
     /// The adapter these options ask for.
     pub fn choice(&self) -> AdapterChoice {
-        AdapterChoice { name: self.adapter.clone(), backend: self.backend.clone(), kernels: self.kernels.clone() }
+        let tune = self.tune.clone().or_else(|| std::env::var(crate::gpu::tune::TUNE_ENV).ok().filter(|v| !v.is_empty()));
+        AdapterChoice {
+            name: self.adapter.clone(),
+            backend: self.backend.clone(),
+            kernels: self.kernels.clone(),
+            tune: Some(tune.unwrap_or_else(|| "cached".to_string())),
+        }
     }
 
     /// Open the adapter these options ask for.

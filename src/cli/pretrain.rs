@@ -92,7 +92,7 @@ pub struct PretrainArgs {
 /// `config.json` and to the log.
 const RESUMABLE: &[&str] = &["max_steps", "epochs", "save_every", "base_lr", "weight_decay", "weight_decay_end"];
 /// Options that do not touch the run at all.
-const NEUTRAL: &[&str] = &["resume", "quiet", "adapter", "backend", "kernels", "share_adapter", "PretrainArgs", "ModelArgs"];
+const NEUTRAL: &[&str] = &["resume", "quiet", "adapter", "backend", "kernels", "tune", "share_adapter", "PretrainArgs", "ModelArgs"];
 
 fn flag(id: &str) -> String {
     format!("--{}", id.replace('_', "-"))

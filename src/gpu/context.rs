@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::kernel::Kernel;
+use super::tune::{TuneMode, Tuner};
 
 /// Which kernel family the convolution ops choose from (`--kernels`, env
 /// `SPARK_WGPU_KERNELS`). `Auto` takes the family made for the adapter's device type; the
@@ -68,23 +69,39 @@ pub struct AdapterChoice {
     pub backend: Option<String>,
     /// `auto`, `cpu` or `gpu` (`--kernels`).
     pub kernels: Option<String>,
+    /// `off`, `cached`, `full` or `cycle` (`--tune`, see [`super::TuneMode`]; unset: `off`).
+    pub tune: Option<String>,
 }
 
 impl AdapterChoice {
     /// Read `SPARK_WGPU_ADAPTER` and `SPARK_WGPU_BACKEND` (library use without a CLI).
     pub fn from_env() -> Self {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        Self { name: get("SPARK_WGPU_ADAPTER"), backend: get("SPARK_WGPU_BACKEND"), kernels: get("SPARK_WGPU_KERNELS") }
+        Self {
+            name: get("SPARK_WGPU_ADAPTER"),
+            backend: get("SPARK_WGPU_BACKEND"),
+            kernels: get("SPARK_WGPU_KERNELS"),
+            tune: get(super::tune::TUNE_ENV),
+        }
     }
 
     /// Fill unset fields from the environment.
     pub fn or_env(self) -> Self {
         let env = Self::from_env();
-        Self { name: self.name.or(env.name), backend: self.backend.or(env.backend), kernels: self.kernels.or(env.kernels) }
+        Self {
+            name: self.name.or(env.name),
+            backend: self.backend.or(env.backend),
+            kernels: self.kernels.or(env.kernels),
+            tune: self.tune.or(env.tune),
+        }
     }
 
     fn kernel_set(&self) -> Result<KernelSet> {
         self.kernels.as_deref().map_or(Ok(KernelSet::Auto), str::parse)
+    }
+
+    fn tune_mode(&self) -> Result<TuneMode> {
+        self.tune.as_deref().map_or(Ok(TuneMode::Off), str::parse)
     }
 
     /// The backends to search (`PRIMARY` when no backend was chosen).
@@ -132,6 +149,8 @@ pub struct GpuContext {
     pub memory_budget: Option<u64>,
     /// The conv kernel family in use (`Cpu` or `Gpu`, never `Auto`).
     pub kernel_set: KernelSet,
+    /// Which variant of the family each tunable node runs (`--tune`).
+    pub tuner: Tuner,
     pub(crate) kernels: Mutex<HashMap<(String, String), Arc<Kernel>>>,
     pub(crate) allocated_bytes: AtomicU64,
     /// Errors wgpu reported outside an error scope. wgpu's default handler panics (a
@@ -211,7 +230,7 @@ impl GpuContext {
                 }
             }
         };
-        Self::open(adapter, kernel_set)
+        Self::open(adapter, kernel_set, choice.tune_mode()?)
     }
 
     /// Open the adapter of the MPI rank with node-local rank `local_rank` (issue 10): the
@@ -237,12 +256,22 @@ impl GpuContext {
             }
         }
         let i = crate::dist::pick_adapter(local_rank, all.len(), share)?;
-        Self::open(all.swap_remove(i), kernel_set)
+        // Ranks timing their candidates on their own could choose different kernels (and
+        // a weight-gradient choice is a summation order): one rule for every rank.
+        let tune = choice.tune_mode()?;
+        if tune.times() && local_rank == 0 {
+            eprintln!("note: kernel tuning (--tune {}) is off under MPI: every rank runs the family's fixed rule", choice.tune.as_deref().unwrap_or(""));
+        }
+        Self::open(all.swap_remove(i), kernel_set, if tune == TuneMode::Cycle { tune } else { TuneMode::Off })
     }
 
-    fn open(adapter: wgpu::Adapter, kernel_set: KernelSet) -> Result<Self> {
+    fn open(adapter: wgpu::Adapter, kernel_set: KernelSet, tune: TuneMode) -> Result<Self> {
         let info = adapter.get_info();
         let kernel_set = kernel_set.resolve(info.device_type);
+        let tuner = Tuner::new(
+            tune,
+            format!("{} | {:?} | {} {} | {} kernels", info.name, info.backend, info.driver, info.driver_info, kernel_set.name()),
+        );
         let limits = adapter.limits();
         let features = adapter.features() & OPTIONAL_FEATURES;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -271,6 +300,7 @@ impl GpuContext {
             features,
             memory_budget,
             kernel_set,
+            tuner,
             kernels: Mutex::new(HashMap::new()),
             allocated_bytes: AtomicU64::new(0),
             errors,

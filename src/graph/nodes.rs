@@ -9,7 +9,7 @@ use crate::ops::activation::{Activation, activation_backward, activation_forward
 use crate::ops::batchnorm::{
     BnSavedTensors, BnTensors, batchnorm_backward_synced, batchnorm_eval_forward, batchnorm_train_forward_synced,
 };
-use crate::ops::conv::{ConvShape, WeightLayout, conv_data_grad, conv_forward, conv_weight_grad};
+use crate::ops::conv::{ConvShape, WeightLayout, conv_data_grad, conv_forward, conv_weight_grad, defer_tuning};
 use crate::ops::densify::{scatter_rows, scatter_rows_backward};
 use crate::ops::depthwise::{dw_data_grad, dw_forward, dw_weight_grad};
 use crate::ops::drop_path::{drop_path_backward, drop_path_forward};
@@ -106,6 +106,11 @@ impl Graph<'_> {
         let s = ConvShape { rows_in: self.rows(x), rows_out: self.rows(y), cin, cout, taps };
         let (per_in, per_out) = (self.rows_per_image(from), self.rows_per_image(out_set));
         let shape = move |r: &Range<usize>| ConvShape { rows_in: per_in * r.len(), rows_out: per_out * r.len(), ..s };
+        if ch.is_whole() {
+            // (chunked nodes keep the fixed rule: their per-chunk problems are not queued)
+            let dgrad = self.train && self.vars[x.0].needs_grad;
+            defer_tuning(self.ctx, s, || (self.active_set(from), self.active_set(out_set)), win, transposed, p.bias.is_some(), self.train, dgrad);
+        }
         let (w, b) = (self.params.tensor(p.weight), p.bias.map(|b| self.params.tensor(b)));
         let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
         let flops = 2 * (s.rows_out * taps * cin * cout) as u64;

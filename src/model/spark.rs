@@ -171,7 +171,11 @@ impl<'c> SparkBuilder<'c> {
         let mut model = if self.ctx.is_dry_run() {
             self.build_graph()?
         } else {
+            self.ctx.tuner.clear_pending();
             let sized = self.check_fits()?;
+            // The sizing queued the tuning of the conv shapes it saw; with their choices
+            // made, size again (a choice can change a scratch buffer's size).
+            let sized = if self.ctx.tuner.run_pending(self.ctx)? { self.dry_run()? } else { sized };
             let memory = match sized.plan {
                 Some(plan) => {
                     let stats = plan.stats;

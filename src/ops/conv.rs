@@ -182,10 +182,13 @@ fn relayout_tiled(l: WeightLayout, taps: usize, k: usize) -> bool {
     (l.tap == 1 || taps == 1) && l.cin == taps && l.cout >= k * taps
 }
 
-/// `out[r, n] (+)= bias[n] + Σ_t Σ_k inp[map[r, t], k] · W_t[k, n]` for `W` with strides `l`.
+/// `out[r, n] (+)= bias[n] + Σ_t Σ_k inp[map[r, t], k] · W_t[k, n]` for `W` with strides `l`,
+/// with the kernel `tile` (`None`: the tuner's choice for `pass`, else the fixed rule).
 #[allow(clippy::too_many_arguments)]
 fn gather_gemm(
     ctx: &GpuContext,
+    pass: &str,
+    tile: Option<GemmTile>,
     inp: &GpuTensor,
     map: &GpuTensor,
     w: &GpuTensor,
@@ -205,7 +208,10 @@ fn gather_gemm(
     if rows == 0 {
         return Ok(vec![]);
     }
-    let tile = tile_for(ctx, k, n, rows_in);
+    let tile = match tile {
+        Some(t) => t,
+        None => tile_for(ctx, pass, (rows_in, rows, k, n, taps))?,
+    };
     let n_pad = n.next_multiple_of(tile.cols);
     let (wt, relayout) = relayout(ctx, w, l, taps, k, n, n_pad)?;
     let ctiles = n_pad / tile.cols;
@@ -252,7 +258,7 @@ pub fn conv_forward(
     s: ConvShape,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
-    gather_gemm(ctx, x, map, w, layout, bias, y, (s.rows_in, s.rows_out, s.cin, s.cout, s.taps), accumulate)
+    gather_gemm(ctx, FWD, None, x, map, w, layout, bias, y, (s.rows_in, s.rows_out, s.cin, s.cout, s.taps), accumulate)
 }
 
 /// `dx[r_in, ci] (+)= Σ_t Σ_co dy[inv[r_in, t], co] · w[...]` with `inv_map =
@@ -269,7 +275,7 @@ pub fn conv_data_grad(
     s: ConvShape,
     accumulate: bool,
 ) -> Result<Vec<Dispatch>> {
-    gather_gemm(ctx, dy, inv_map, w, layout.swapped(), None, dx, (s.rows_out, s.rows_in, s.cout, s.cin, s.taps), accumulate)
+    gather_gemm(ctx, DGRAD, None, dy, inv_map, w, layout.swapped(), None, dx, (s.rows_out, s.rows_in, s.cout, s.cin, s.taps), accumulate)
 }
 
 /// Split count and rows per split of a split-K reduction over `rows` whose partial slice
@@ -327,6 +333,22 @@ pub fn conv_weight_grad(
     dbias: Option<&GpuTensor>,
     s: ConvShape,
 ) -> Result<Vec<Dispatch>> {
+    weight_grad_with(ctx, None, x, map, dy, dw, layout, dbias, s)
+}
+
+/// `conv_weight_grad` with the kernel `tile` (`None`: the tuner's choice, else the fixed rule).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_with(
+    ctx: &GpuContext,
+    tile: Option<WgradTile>,
+    x: &GpuTensor,
+    map: &GpuTensor,
+    dy: &GpuTensor,
+    dw: &GpuTensor,
+    layout: WeightLayout,
+    dbias: Option<&GpuTensor>,
+    s: ConvShape,
+) -> Result<Vec<Dispatch>> {
     let count = s.taps * s.cin * s.cout;
     ensure!(count > 0, "convolution with an empty dimension: {s:?}");
     ensure!(dw.len == count, "weight gradient has {} elements, expected {count} ({s:?})", dw.len);
@@ -334,7 +356,10 @@ pub fn conv_weight_grad(
     ensure!(x.len == s.rows_in * s.cin, "conv input has {} elements, expected [{}, {}]", x.len, s.rows_in, s.cin);
     ensure!(map.len == s.rows_out * s.taps, "neighbour map has {} entries, expected [{}, {}]", map.len, s.rows_out, s.taps);
     ensure!(dy.len == s.rows_out * s.cout, "output gradient has {} elements, expected [{}, {}]", dy.len, s.rows_out, s.cout);
-    let tile = wgrad_tile_for(ctx, &s);
+    let tile = match tile {
+        Some(t) => t,
+        None => wgrad_tile_for(ctx, &s)?,
+    };
     if tile.thin {
         return thin_weight_grad(ctx, x, map, dy, dw, layout, dbias, s, tile);
     }
@@ -382,11 +407,18 @@ mod kernels;
 mod reference;
 mod thin;
 pub mod tiles;
+mod tune;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use kernels::is_cpu;
-use kernels::{ROW_GROUP, ROW_INTERLEAVE, tile_for, wgrad_tile_for};
+use kernels::{GemmTile, ROW_GROUP, ROW_INTERLEAVE, WgradTile, tile_for, wgrad_tile_for};
+pub(crate) use tune::defer_tuning;
+pub use tune::{Candidate, candidates};
+
+/// Pass names of the gather-GEMM (the tuner's keys).
+const FWD: &str = "fwd";
+const DGRAD: &str = "dgrad";
 use tiles::GatherStage;
 use thin::thin_weight_grad;
 pub use reference::{conv_data_grad_ref, conv_forward_ref, conv_weight_grad_ref};

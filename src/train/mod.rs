@@ -84,6 +84,29 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const LOG_FILE: &str = "log.jsonl";
 /// The loss / lr / wd curves, in the run directory.
 pub const CURVE_FILE: &str = "loss.png";
+/// The conv kernel each tunable node of the run's graph runs (`--tune`), written when
+/// the run starts and replayed by `--resume`: a choice can fix a summation order.
+pub const KERNEL_CHOICES_FILE: &str = "kernels.json";
+/// Largest `kernels.json` read back (ResNet-50: ~10 KB).
+const MAX_CHOICES_BYTES: u64 = 4 << 20;
+
+/// Record the tuner's choices of `ctx` in `run_dir` (atomically).
+pub fn write_kernel_choices(run_dir: &Path, ctx: &crate::gpu::GpuContext) -> Result<()> {
+    let json = serde_json::json!({ "kernels": ctx.kernel_set.name(), "choices": ctx.tuner.choices() });
+    crate::io::atomic::write_atomic(&run_dir.join(KERNEL_CHOICES_FILE), serde_json::to_string_pretty(&json)?.as_bytes())
+}
+
+/// The choices `write_kernel_choices` recorded in `run_dir`; an empty record for a run
+/// that has none (started before tuning existed: it ran the fixed rule everywhere).
+pub fn read_kernel_choices(run_dir: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let path = run_dir.join(KERNEL_CHOICES_FILE);
+    let Ok(meta) = std::fs::metadata(&path) else { return Ok(Default::default()) };
+    anyhow::ensure!(meta.len() <= MAX_CHOICES_BYTES, "{}: {} bytes is not a kernel record of spark-wgpu", path.display(), meta.len());
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", path.display()))?;
+    serde_json::from_value(v.get("choices").cloned().unwrap_or_default())
+        .with_context(|| format!("{}: \"choices\" is not a map of kernel names", path.display()))
+}
 /// Largest `config.json` read back (ours are ~1 KB): a larger file is not one of ours.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// loss.png size: three 300-px panels keep tick labels legible.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::loss_ring::LossRing;
 use super::record::Recorder;
 use super::{
-    CHECKPOINT_FILE, CONFIG_FILE, CURVE_FILE, CURVE_SIZE, KERNELS_META, LOG_FILE, PretrainConfig, RunSummary, WORLD_META,
+    CHECKPOINT_FILE, CONFIG_FILE, CURVE_FILE, CURVE_SIZE, KERNEL_CHOICES_FILE, KERNELS_META, LOG_FILE, PretrainConfig, RunSummary, WORLD_META,
     checkpoint, open_source, plot, recover_checkpoint, save_checkpoint, truncate_log, viz, write_run_config,
 };
 use crate::data::{ImageSource, Loader, LoaderConfig};
@@ -53,6 +53,10 @@ pub fn pretrain_dist(
     let source = open_source(cfg)?;
     let mut loader = open_loader(cfg, source.clone(), share.clone())?;
     let sched = Schedule::new(cfg, loader.steps_per_epoch())?;
+    if resume {
+        // Before the graph is built: its nodes take the kernels the run started with.
+        ctx.tuner.replay(super::read_kernel_choices(run_dir)?);
+    }
     let mut model = build_model(ctx, cfg, &share, coll.size(), resume)?;
     let ckpt_path = run_dir.join(CHECKPOINT_FILE);
     prepare_run_dir(run_dir, &ckpt_path, resume, coll)?;
@@ -62,6 +66,9 @@ pub fn pretrain_dist(
     };
     if root {
         announce(&model, cfg, &sched, coll.size(), share.len());
+        if let Some(line) = ctx.tuner.summary() {
+            eprintln!("{line}");
+        }
     }
 
     let mut rec = Recorder::open(cfg, run_dir, (start, sched.total, sched.spe), coll.size(), root, progress)?;
@@ -197,7 +204,7 @@ fn prepare_run_dir(run_dir: &Path, ckpt_path: &Path, resume: bool, coll: &dyn Co
     coll.barrier()?;
     // Temporaries of writes a kill interrupted (a checkpoint's is as large as the
     // checkpoint): nothing else writes this run directory, so they are garbage now.
-    for f in [CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, CURVE_FILE].into_iter().filter(|_| coll.is_root()) {
+    for f in [CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, CURVE_FILE, KERNEL_CHOICES_FILE].into_iter().filter(|_| coll.is_root()) {
         let freed = crate::io::atomic::remove_stale_temps(&run_dir.join(f));
         if freed > 0 {
             eprintln!("removed {:.1} MiB of temporary files an interrupted write of {f} left", freed as f64 / (1 << 20) as f64);
@@ -275,6 +282,7 @@ fn start_fresh(model: &mut SparkModel, run_dir: &Path, cfg: &PretrainConfig, roo
     }
     if root {
         write_run_config(run_dir, cfg)?;
+        super::write_kernel_choices(run_dir, model.ctx())?;
     }
     Ok(0)
 }

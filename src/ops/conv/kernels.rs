@@ -1,5 +1,9 @@
-//! Which gather-GEMM and weight-gradient kernel runs on which adapter, and the tile each
-//! thread of it owns (entries of the tile table in `tiles.rs`).
+//! Which gather-GEMM and weight-gradient kernels a layer can run on which adapter (its
+//! candidates, entries of the tile table in `tiles.rs`), the family's fixed rule among
+//! them, and the key under which the tuner (`gpu::tune`, `super::tune`) remembers the
+//! choice.
+
+use anyhow::{Result, anyhow};
 
 use crate::gpu::GpuContext;
 
@@ -23,21 +27,55 @@ thread_local! {
     pub(crate) static FORCE_TILE: std::cell::Cell<Option<GemmTile>> = const { std::cell::Cell::new(None) };
 }
 
-/// `rows_in`: rows of the gathered input (a vec4 binding needs at least one vec4).
-pub(crate) fn tile_for(ctx: &GpuContext, k: usize, n: usize, rows_in: usize) -> GemmTile {
+/// The dimensions of one gather-GEMM: rows of the gathered input, output rows, K, N, taps.
+pub(crate) type GemmDims = (usize, usize, usize, usize, usize);
+
+/// The tuner's key of a gather-GEMM of `pass` (`fwd` or `dgrad`).
+pub(crate) fn gather_key(pass: &str, (rows_in, rows, k, n, taps): GemmDims) -> String {
+    format!("{pass} rows {rows_in}->{rows} k {k} n {n} taps {taps}")
+}
+
+/// The gather kernels that can run `dims` on this context's family, the fixed rule's
+/// choice first. CPU drivers: the large register tiles (16 x 16 beside 32 x 32 where few
+/// rows leave cores idle); GPUs: the 4 x 8 register tile and, from one block of rows on,
+/// the workgroup-staged block tiles.
+pub(crate) fn gather_candidates(ctx: &GpuContext, (rows_in, rows, k, n, _): GemmDims) -> Vec<GemmTile> {
+    let vec4 = CPU_VEC4_TILE.fits(k, n, rows_in);
+    let mut c = vec![];
+    if is_cpu(ctx) {
+        if n <= 4 {
+            c.extend([CPU_NARROW_TILE, CPU_TILE]);
+        } else if vec4 {
+            c.push(CPU_VEC4_TILE);
+            if rows < 64 * 32 {
+                c.push(tiles::CPU_GATHER_VEC4_16);
+            }
+        } else {
+            c.push(CPU_TILE);
+        }
+    } else {
+        c.push(GPU_TILE);
+        if rows >= tiles::GPU_GATHER_B64.rows && n >= 16 {
+            c.push(if vec4 { tiles::GPU_GATHER_B64_VEC4 } else { tiles::GPU_GATHER_B64 });
+        }
+        if vec4 && rows >= 4 * tiles::GPU_GATHER_B128_VEC4.rows && n >= tiles::GPU_GATHER_B128_VEC4.cols {
+            c.push(tiles::GPU_GATHER_B128_VEC4);
+        }
+    }
+    c
+}
+
+/// The gather kernel of `dims`: the tuner's choice where it made one (or replays one),
+/// else the family's fixed rule.
+pub(crate) fn tile_for(ctx: &GpuContext, pass: &str, dims: GemmDims) -> Result<GemmTile> {
     #[cfg(test)]
     if let Some(t) = FORCE_TILE.with(|f| f.get()) {
-        return t;
+        return Ok(t);
     }
-    if !is_cpu(ctx) {
-        GPU_TILE
-    } else if n <= 4 {
-        CPU_NARROW_TILE
-    } else if k.is_multiple_of(4) && n.is_multiple_of(4) && rows_in > 0 {
-        CPU_VEC4_TILE
-    } else {
-        CPU_TILE
-    }
+    let cands = gather_candidates(ctx, dims);
+    let names: Vec<&str> = cands.iter().map(|t| t.kernel).collect();
+    let name = ctx.tuner.lookup(&gather_key(pass, dims), &names, names[0], ctx.is_dry_run())?;
+    cands.iter().find(|t| t.kernel == name).copied().ok_or_else(|| anyhow!("no gather kernel {name}"))
 }
 
 /// A weight-gradient kernel: input channels (or, `flat`, tap-and-channel pairs
@@ -51,6 +89,13 @@ pub(crate) struct WgradTile {
     pub flat: bool,
     /// conv_wgrad_thin (generated): many splits, fused bias partials (see `super::thin`).
     pub thin: bool,
+}
+
+impl WgradTile {
+    /// The name the tuner records (the thin tiles share one shader).
+    pub(crate) fn name(&self) -> &'static str {
+        if self.thin { self.entry } else { self.kernel }
+    }
 }
 
 const fn wgrad(kernel: &'static str, entry: &'static str, k: usize, n: usize, flat: bool, thin: bool) -> WgradTile {
@@ -89,22 +134,38 @@ pub(crate) fn is_cpu(ctx: &GpuContext) -> bool {
     ctx.kernel_set == crate::gpu::KernelSet::Cpu
 }
 
-pub(crate) fn wgrad_tile_for(ctx: &GpuContext, s: &ConvShape) -> WgradTile {
+/// The tuner's key of a weight gradient of shape `s`.
+pub(crate) fn wgrad_key(s: &ConvShape) -> String {
+    format!("wgrad rows {}->{} k {} n {} taps {}", s.rows_in, s.rows_out, s.cin, s.cout, s.taps)
+}
+
+/// The weight-gradient kernels that can run `s`, the fixed rule's choice first: the thin
+/// tile and the split-K tile of the family (each sums in another order: a choice is
+/// recorded with the run).
+pub(crate) fn wgrad_candidates(ctx: &GpuContext, s: &ConvShape) -> Vec<WgradTile> {
+    let cpu = is_cpu(ctx);
+    // (vec4 bindings need at least one vec4)
+    let vec4 = s.cin.is_multiple_of(4) && s.cout.is_multiple_of(4) && s.rows_in > 0 && s.rows_out > 0;
+    let split_k = if !cpu { GPU_WGRAD } else if vec4 { CPU_WGRAD_VEC4 } else { CPU_WGRAD };
+    if is_thin(cpu, s) {
+        vec![thin_tile(cpu, s), split_k]
+    } else if cpu && vec4 {
+        vec![CPU_WGRAD_VEC4, CPU_WGRAD]
+    } else {
+        vec![split_k]
+    }
+}
+
+/// The weight-gradient kernel of `s`: the tuner's choice, else the fixed rule.
+pub(crate) fn wgrad_tile_for(ctx: &GpuContext, s: &ConvShape) -> Result<WgradTile> {
     #[cfg(test)]
     if let Some(t) = FORCE_WGRAD.with(|f| f.get()) {
-        return t;
+        return Ok(t);
     }
-    let cpu = is_cpu(ctx);
-    if is_thin(cpu, s) {
-        thin_tile(cpu, s)
-    } else if !cpu {
-        GPU_WGRAD
-    } else if s.cin.is_multiple_of(4) && s.cout.is_multiple_of(4) && s.rows_in > 0 && s.rows_out > 0 {
-        // (vec4 bindings need at least one vec4)
-        CPU_WGRAD_VEC4
-    } else {
-        CPU_WGRAD
-    }
+    let cands = wgrad_candidates(ctx, s);
+    let names: Vec<&str> = cands.iter().map(|t| t.name()).collect();
+    let name = ctx.tuner.lookup(&wgrad_key(s), &names, names[0], ctx.is_dry_run())?;
+    cands.iter().find(|t| t.name() == name).copied().ok_or_else(|| anyhow!("no weight-gradient kernel {name}"))
 }
 
 /// Whether the weight gradient of `s` takes conv_wgrad_thin. CPU: up to 16 output

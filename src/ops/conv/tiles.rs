@@ -110,6 +110,10 @@ pub const GPU_GATHER: GatherTile =
 /// K and N multiples of 4: vec4 loads and stores.
 pub const CPU_GATHER_VEC4: GatherTile =
     GatherTile { kernel: "conv_cpu_vec4", rows: 32, cols: 32, loads: GatherLoads::Vec4, workgroup: 8, fma: false, stage: GatherStage::Registers };
+/// CPU drivers, K and N multiples of 4, a quarter of the 32 x 32 tile: four times the
+/// threads for layers of few rows (the 7x7 stage of a small batch), where 32 x 32 leaves
+/// cores idle. A tuner candidate, never the fixed rule.
+pub const CPU_GATHER_VEC4_16: GatherTile = GatherTile { kernel: "conv_cpu_vec4_16", rows: 16, cols: 16, ..CPU_GATHER_VEC4 };
 /// CPU drivers, other K and N (3-channel stem input).
 pub const CPU_GATHER: GatherTile =
     GatherTile { kernel: "conv_cpu", rows: 32, cols: 32, loads: GatherLoads::Scalar, workgroup: 8, fma: false, stage: GatherStage::Registers };
@@ -146,8 +150,16 @@ pub const GPU_GATHER_B128_VEC4: GatherTile = GatherTile {
 };
 
 /// Every gather kernel build.rs generates.
-pub const GATHERS: [GatherTile; 7] =
-    [GPU_GATHER, GPU_GATHER_B64, GPU_GATHER_B64_VEC4, GPU_GATHER_B128_VEC4, CPU_GATHER_VEC4, CPU_GATHER, CPU_GATHER_NARROW];
+pub const GATHERS: [GatherTile; 8] = [
+    GPU_GATHER,
+    GPU_GATHER_B64,
+    GPU_GATHER_B64_VEC4,
+    GPU_GATHER_B128_VEC4,
+    CPU_GATHER_VEC4,
+    CPU_GATHER_VEC4_16,
+    CPU_GATHER,
+    CPU_GATHER_NARROW,
+];
 
 /// Row interleave `RI` and phase group `G` of every gather-GEMM kernel (see
 /// build/conv_gather.rs): a thread's rows are `base + RI * i`, and `G` consecutive
