@@ -21,6 +21,10 @@ conv=${SPARK_CONV_BENCH:-$(ls -t target/release/deps/conv-* 2>/dev/null | grep -
 model=resnet50 size=224 dec=768 batches="8 32"
 [ "${SPARK_DEVICE_SMOKE:-0}" = 1 ] && model=resnet_tiny size=64 dec=64 batches="2 4" conv=
 read -r -a extra <<<"${SPARK_DEVICE_ARGS:-}"
+# A cold kernel cache inside the results: the first bench's build time is the tuner's
+# cold cost (its JSON: tune.spent_s, tune.choices), the warm rerun below the cached one.
+export SPARK_WGPU_CACHE_DIR="$out/kernel-cache"
+rm -rf "$SPARK_WGPU_CACHE_DIR"
 : >"$out/status.txt"
 step() { # name, command...
   local name=$1; shift
@@ -35,6 +39,7 @@ step() { # name, command...
 step devices "$bin" "${extra[@]}" devices
 if [ -n "$conv" ] && [ -x "$conv" ]; then
   # The conv bench's adapter choice follows the same environment variables.
+  # Every candidate of each layer (GPU family: register 4x8 and the staged block tiles).
   step conv "$conv" --bench
 else
   echo "== conv: no conv bench executable (cargo build --release --benches)" | tee -a "$out/status.txt"
@@ -44,6 +49,11 @@ for b in $batches; do
   step "bench_${model}_${size}_b$b" "$bin" "${extra[@]}" "${m[@]}" --steps 5 --warmup 2
   step "bench_${model}_${size}_b${b}_dense" "$bin" "${extra[@]}" "${m[@]}" --steps 3 --warmup 1 --dense-encoder --no-profile
 done
+b=${batches%% *}
+step "bench_${model}_${size}_b${b}_warm_cache" "$bin" "${extra[@]}" bench --model "$model" --input-size "$size" --batch "$b" \
+  --dec-width "$dec" --json --steps 1 --warmup 1 --no-profile
+step "bench_${model}_${size}_b${b}_tune_off" "$bin" "${extra[@]}" bench --model "$model" --input-size "$size" --batch "$b" \
+  --dec-width "$dec" --json --steps 5 --warmup 2 --no-profile --tune off
 # The last stdout line of each bench is its JSON object.
 for f in "$out"/bench_*.out; do tail -n 1 "$f"; done >"$out/bench.jsonl"
 echo "results in $out/ (status.txt, bench.jsonl, *.out, *.err)"

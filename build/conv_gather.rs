@@ -116,6 +116,17 @@ fn xs(b: vec4<u32>, v: vec4<bool>, k: u32) -> vec4<f32> {
 }
 "#;
 
+/// The storage bindings of every gather kernel (x, bias and y as vec4s with `vec4`).
+fn bindings(s: &mut Lines, vec4: bool) {
+    let io = if vec4 { "vec4<f32>" } else { "f32" };
+    s.line(&format!("@group(0) @binding(1) var<storage, read> x: array<{io}>;"));
+    s.line("@group(0) @binding(2) var<storage, read> map: array<i32>;");
+    s.line("@group(0) @binding(3) var<storage, read> wt: array<vec4<f32>>;");
+    s.line(&format!("@group(0) @binding(4) var<storage, read> bias: array<{io}>;"));
+    s.line(&format!("@group(0) @binding(5) var<storage, read_write> y: array<{io}>;"));
+    s.line("");
+}
+
 /// The WGSL of the gather kernel of tile `t` with row interleave `ri` and phase group `g`
 /// (register tiles only).
 pub fn source(t: &GatherTile, ri: usize, g: usize) -> String {
@@ -145,13 +156,7 @@ pub fn source(t: &GatherTile, ri: usize, g: usize) -> String {
         s.text(WHY_LARGE);
     }
     s.text(PARAMS);
-    let io = if vec4 { "vec4<f32>" } else { "f32" };
-    s.line(&format!("@group(0) @binding(1) var<storage, read> x: array<{io}>;"));
-    s.line("@group(0) @binding(2) var<storage, read> map: array<i32>;");
-    s.line("@group(0) @binding(3) var<storage, read> wt: array<vec4<f32>>;");
-    s.line(&format!("@group(0) @binding(4) var<storage, read> bias: array<{io}>;"));
-    s.line(&format!("@group(0) @binding(5) var<storage, read_write> y: array<{io}>;"));
-    s.line("");
+    bindings(&mut s, vec4);
     s.line("// Tile shape (rows x vec4 columns), row interleave and phase group: from the table.");
     s.line(&format!("const TR: u32 = {tr}u;\nconst TV: u32 = {tv}u;\nconst RI: u32 = {ri}u;\nconst G: u32 = {g}u;\n"));
     s.text(if vec4 { PUT_VEC4 } else { PUT_SCALAR });
@@ -278,13 +283,7 @@ fn staged(t: &GatherTile, bk: usize, tm: usize, tn: usize) -> String {
     ));
     s.text(STAGED_HEAD);
     s.text(PARAMS);
-    let io = if vec4 { "vec4<f32>" } else { "f32" };
-    s.line(&format!("@group(0) @binding(1) var<storage, read> x: array<{io}>;"));
-    s.line("@group(0) @binding(2) var<storage, read> map: array<i32>;");
-    s.line("@group(0) @binding(3) var<storage, read> wt: array<vec4<f32>>;");
-    s.line(&format!("@group(0) @binding(4) var<storage, read> bias: array<{io}>;"));
-    s.line(&format!("@group(0) @binding(5) var<storage, read_write> y: array<{io}>;"));
-    s.line("");
+    bindings(&mut s, vec4);
     s.line("// Block, micro-tile and stage depth: from the table.");
     s.line(&format!("const BM: u32 = {bm}u;\nconst BN: u32 = {bn}u;\nconst BK: u32 = {bk}u;\nconst TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\nconst WG: u32 = {wg}u;"));
     s.line("");

@@ -7,7 +7,7 @@
 //! build/conv_gather.rs), so the unrolled lines are emitted here.
 
 use crate::tiles::SplitKTile;
-use crate::wgsl::{FMA_OUTER, Lines, OUTER, join};
+use crate::wgsl::{FMA_OUTER, Lines, OUTER, PUT_FLAT, join};
 
 const HEAD: &str = r#"// Weight gradient of the gather convolution, split-K over output rows:
 //   partials[s, t*st + k*sk + n*sn] = sum over rows r of split s of x[map[r, t], k] * dy[r, n]
@@ -37,22 +37,6 @@ struct Params {
     _p0: u32, _p1: u32, _p2: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
-"#;
-
-const PUT_FLAT: &str = r#"
-// Stores the 4x4 block at k' = kk0.. (columns), output channels n0.., with k' = t*cin + ci.
-fn put16(base: u32, kk0: u32, n0: u32, m: mat4x4<f32>) {
-    let kmax = p.taps * p.kin;
-    for (var q = 0u; q < 4u; q++) {
-        let kk = kk0 + q;
-        if (kk < kmax) {
-            let o = base + (kk / p.kin) * p.st + (kk % p.kin) * p.sk;
-            for (var j = 0u; j < 4u; j++) {
-                if (n0 + j < p.n) { partials[o + (n0 + j) * p.sn] = m[q][j]; }
-            }
-        }
-    }
-}
 "#;
 
 const PUT_TAP: &str = r#"

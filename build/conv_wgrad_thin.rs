@@ -5,6 +5,7 @@
 //! some compilers), so the only per-tile input is (KG, NG).
 
 use crate::tiles::ThinTile;
+use crate::wgsl::PUT_FLAT;
 use std::fmt::Write as _;
 
 /// The shared part: what every tile's entry points call.
@@ -70,20 +71,9 @@ fn coords(tid: u32) -> vec3<u32> {
     return vec3<u32>(s, q / p.ngroups, q % p.ngroups);
 }
 
-// Stores the 4x4 block at k' = kk0.. (columns), output channels n0.., k' = t * cin + ci.
-fn put16(base: u32, kk0: u32, n0: u32, m: mat4x4<f32>) {
-    let kmax = p.taps * p.kin;
-    for (var i = 0u; i < 4u; i++) {
-        let k = kk0 + i;
-        if (k < kmax) {
-            let o = base + (k / p.kin) * p.st + (k % p.kin) * p.sk;
-            for (var j = 0u; j < 4u; j++) {
-                if (n0 + j < p.n) { partials[o + (n0 + j) * p.sn] = m[i][j]; }
-            }
-        }
-    }
-}
+"#;
 
+const HEAD_AFTER_PUT: &str = r#"
 // dy[r, n0..n0+3] (row offset g); channels past the end are not loaded (zero).
 fn dy4(g: u32, n0: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
@@ -130,6 +120,8 @@ pub fn source(tiles: &[ThinTile]) -> String {
          // src/ops/conv/tiles.rs: edit those, not this text.\n",
     );
     s += HEAD;
+    s += PUT_FLAT.trim_start_matches('\n');
+    s += HEAD_AFTER_PUT;
     for t in tiles {
         s += "\n";
         s += &tile(t);

@@ -71,3 +71,22 @@ fn fma_outer(xs: vec4<f32>, g: vec4<f32>, a: mat4x4<f32>) -> mat4x4<f32> {
                        fma(vec4<f32>(xs.z), g, a[2]), fma(vec4<f32>(xs.w), g, a[3]));
 }
 "#;
+
+/// `put16`: stores a thread's 4x4 weight-gradient block at `k' = t * cin + ci` (`kk0..`, the
+/// columns) x output channels `n0..` into the split's partials (conv_wgrad's flat tiles and
+/// conv_wgrad_thin).
+pub const PUT_FLAT: &str = r#"
+// Stores the 4x4 block at k' = kk0.. (columns), output channels n0.., with k' = t*cin + ci.
+fn put16(base: u32, kk0: u32, n0: u32, m: mat4x4<f32>) {
+    let kmax = p.taps * p.kin;
+    for (var q = 0u; q < 4u; q++) {
+        let kk = kk0 + q;
+        if (kk < kmax) {
+            let o = base + (kk / p.kin) * p.st + (kk % p.kin) * p.sk;
+            for (var j = 0u; j < 4u; j++) {
+                if (n0 + j < p.n) { partials[o + (n0 + j) * p.sn] = m[q][j]; }
+            }
+        }
+    }
+}
+"#;

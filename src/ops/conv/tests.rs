@@ -465,3 +465,27 @@ fn real_sized_layers_match_cpu() {
         }
     }
 }
+
+/// The data gradient of a 1x1 conv whose input channels fill whole column tiles reads
+/// the stored weight without a re-layout (one dispatch), and still matches the CPU, with
+/// every gather kernel of the table.
+#[test]
+fn one_by_one_data_gradient_reads_the_weight_as_stored() {
+    let ctx = GpuContext::new_default().unwrap();
+    let geo = Geo { name: "sparse 1x1/1", win: Window::new(1, 1, 0), transposed: false, h_in: 6, dense: false };
+    let mask = random_patch_mask(31, BATCH, 2, 2, 0.5);
+    let (cin, cout) = (128, 36);
+    for (i, tile) in super::tiles::GATHERS.iter().filter(|g| g.fits(cin, cout, 1)).enumerate() {
+        FORCE_TILE.with(|f| f.set(Some(*tile)));
+        FORCE_WGRAD.with(|f| f.set(Some(GPU_WGRAD)));
+        check_case(&ctx, &geo, &mask, cin, cout, i % 2 == 0, i % 2 == 1, 900 + i as u64, &format!("1x1 {cin}->{cout} {}", tile.kernel));
+        let (inp, out, map) = sets(&geo, &mask);
+        let inv = inverse_map(&map, inp.rows());
+        let s = ConvShape { rows_in: inp.rows(), rows_out: out.rows(), cin, cout, taps: 1 };
+        let (g, it, w, dx) = (ctx.zeros(s.rows_out * cout), ctx.upload(&inv.map), ctx.zeros(cin * cout), ctx.zeros(s.rows_in * cin));
+        let ds = conv_data_grad(&ctx, &g, &it, &w, layout_of(&geo, cin, cout), &dx, s, false).unwrap();
+        assert_eq!(ds.len(), 1, "{}: the 1x1 data gradient re-laid its weight", tile.kernel);
+    }
+    FORCE_TILE.with(|f| f.set(None));
+    FORCE_WGRAD.with(|f| f.set(None));
+}
