@@ -37,7 +37,8 @@ fn tuned_choices_are_cached_recorded_and_replayed_on_resume() {
     let r = full.tuner.report();
     assert!(r.timed > 0 && r.cached == 0, "{r:?}");
     assert!(cache.path().join("kernels.json").exists(), "no cache written");
-    let recorded = read_kernel_choices(b.path()).unwrap();
+    let (family, recorded) = read_kernel_choices(b.path()).unwrap();
+    assert_eq!(family.as_deref(), Some(full.kernel_set.name()));
     assert!(b.path().join(KERNEL_CHOICES_FILE).exists() && !recorded.is_empty());
     assert_eq!(recorded, full.tuner.choices(), "the run records every choice its graph made");
 

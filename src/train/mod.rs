@@ -96,16 +96,19 @@ pub fn write_kernel_choices(run_dir: &Path, ctx: &crate::gpu::GpuContext) -> Res
     crate::io::atomic::write_atomic(&run_dir.join(KERNEL_CHOICES_FILE), serde_json::to_string_pretty(&json)?.as_bytes())
 }
 
-/// The choices `write_kernel_choices` recorded in `run_dir`; an empty record for a run
-/// that has none (started before tuning existed: it ran the fixed rule everywhere).
-pub fn read_kernel_choices(run_dir: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+/// The kernel family and the choices `write_kernel_choices` recorded in `run_dir`; an
+/// empty record for a run that has none (started before tuning existed: it ran the fixed
+/// rule everywhere).
+pub fn read_kernel_choices(run_dir: &Path) -> Result<(Option<String>, std::collections::BTreeMap<String, String>)> {
     let path = run_dir.join(KERNEL_CHOICES_FILE);
     let Ok(meta) = std::fs::metadata(&path) else { return Ok(Default::default()) };
     anyhow::ensure!(meta.len() <= MAX_CHOICES_BYTES, "{}: {} bytes is not a kernel record of spark-wgpu", path.display(), meta.len());
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", path.display()))?;
-    serde_json::from_value(v.get("choices").cloned().unwrap_or_default())
-        .with_context(|| format!("{}: \"choices\" is not a map of kernel names", path.display()))
+    let family = v.get("kernels").and_then(|k| k.as_str()).map(str::to_string);
+    let choices = serde_json::from_value(v.get("choices").cloned().unwrap_or_default())
+        .with_context(|| format!("{}: \"choices\" is not a map of kernel names", path.display()))?;
+    Ok((family, choices))
 }
 /// Largest `config.json` read back (ours are ~1 KB): a larger file is not one of ours.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;

@@ -55,7 +55,9 @@ pub fn pretrain_dist(
     let sched = Schedule::new(cfg, loader.steps_per_epoch())?;
     if resume {
         // Before the graph is built: its nodes take the kernels the run started with.
-        ctx.tuner.replay(super::read_kernel_choices(run_dir)?);
+        let (family, choices) = super::read_kernel_choices(run_dir)?;
+        check_family(ctx, family.as_deref(), &run_dir.join(KERNEL_CHOICES_FILE))?;
+        ctx.tuner.replay(choices);
     }
     let mut model = build_model(ctx, cfg, &share, coll.size(), resume)?;
     let ckpt_path = run_dir.join(CHECKPOINT_FILE);
@@ -213,6 +215,20 @@ fn prepare_run_dir(run_dir: &Path, ckpt_path: &Path, resume: bool, coll: &dyn Co
     Ok(())
 }
 
+/// Refuse to continue a run recorded (in `file`) with the kernel family `rec` under another.
+fn check_family(ctx: &GpuContext, rec: Option<&str>, file: &Path) -> Result<()> {
+    if let Some(rec) = rec.filter(|k| *k != ctx.kernel_set.name()) {
+        bail!(
+            "{}: this run was trained with the {rec} kernel family, but {} would run the {} family, \
+             which sums in another order; resume with --kernels {rec} to continue it bit-identically",
+            file.display(),
+            ctx.info.name,
+            ctx.kernel_set.name()
+        );
+    }
+    Ok(())
+}
+
 /// Load the run's checkpoint into `model`; returns the step to continue at.
 fn restore(
     model: &mut SparkModel,
@@ -224,15 +240,7 @@ fn restore(
 ) -> Result<usize> {
     let ctx = model.ctx();
     let (t, meta) = checkpoint::read_any(ckpt_path)?;
-    if let Some(rec) = meta.get(KERNELS_META).filter(|k| k.as_str() != ctx.kernel_set.name()) {
-        bail!(
-            "{}: this run was trained with the {rec} kernel family, but {} would run the {} family, \
-             which sums in another order; resume with --kernels {rec} to continue it bit-identically",
-            ckpt_path.display(),
-            ctx.info.name,
-            ctx.kernel_set.name()
-        );
-    }
+    check_family(ctx, meta.get(KERNELS_META).map(String::as_str), ckpt_path)?;
     checkpoint::load(model, &t, ckpt_path, true)?;
     let start: usize = meta
         .get("next_step")
