@@ -106,6 +106,15 @@ fn xs4(b: vec4<u32>, v: vec4<bool>, k4: u32) -> mat4x4<f32> {
 fn ws4(i: u32, nv: u32) -> mat4x4<f32> {
     return mat4x4<f32>(wt[i], wt[i + nv], wt[i + 2u * nv], wt[i + 3u * nv]);
 }
+
+// ws4 from a weight stored [N, K] (main_oihw): output channels 4c..4c+3 (clamped to the
+// last; their sums are never stored) at input channels 4k4..4k4+3.
+fn ws4t(c: u32, k4: u32) -> mat4x4<f32> {
+    let kv = p.kin / 4u;
+    let last = p.n - 1u;
+    return transpose(mat4x4<f32>(wt[min(4u * c, last) * kv + k4], wt[min(4u * c + 1u, last) * kv + k4],
+                                 wt[min(4u * c + 2u, last) * kv + k4], wt[min(4u * c + 3u, last) * kv + k4]));
+}
 "#;
 
 const LOADS_SCALAR: &str = r#"
@@ -165,72 +174,82 @@ pub fn source(t: &GatherTile, ri: usize, g: usize) -> String {
     if !vec4 {
         s.text(if t.fma { FMA_OUTER } else { OUTER });
     }
-    s.entry(wg);
-    s.text(
-        r#"    let ct = id % p.ctiles;
+    // Entry points: `main` reads the re-laid weight; `main_oihw` (vec4 tiles, 1x1 convs)
+    // reads a PyTorch [N, K] weight as it is stored: its 4 x 4 blocks come as vec4s along K
+    // and are transposed in registers (`ws4t`), the same values in the same products, so
+    // the two give identical bits and the forward of a 1x1 conv needs no re-layout.
+    let entries: &[(&str, bool)] = if vec4 { &[("main", false), ("main_oihw", true)] } else { &[("main", false)] };
+    for &(entry, oihw) in entries {
+        s.entry_named(wg, entry);
+        s.text(
+            r#"    let ct = id % p.ctiles;
     let q = id / p.ctiles;
     let q2 = q / G;
     let base = (q2 / RI) * (RI * G * TR) + q2 % RI + RI * (q % G) * TR;
     if (base >= p.rows) { return; }
 "#,
-    );
-    for i in 0..rg {
-        s.line(&format!("    let o{i} = rows4(base, {}u);", 4 * i));
-    }
-    for i in 0..rg {
-        s.line(&format!("    {}", join((0..tv).map(|j| format!("var a{i}_{j} = mat4x4<f32>();")))));
-    }
-    s.line(if vec4 { "    let kstep = p.kin / 4u;" } else { "    let kstep = p.kin;" });
-    s.line("    let nv = p.nv;");
-    s.line("    let zero = vec4<i32>(0);");
-    s.line("    for (var t = 0u; t < p.taps; t++) {");
-    for i in 0..rg {
-        s.line(&format!("        let m{i} = maps4(o{i}, t);"));
-    }
-    // Left fold, the order the hand-written kernels used.
-    let mx = (1..rg).fold("m0".to_string(), |acc, i| format!("max({acc}, m{i})"));
-    s.line(&format!("        let mx = {mx};"));
-    if skip {
-        s.line("        // Skip taps that none of the rows reads (see the head of this kernel), and per 4");
-        s.line("        // rows the input loads of a tap that none of them reads: with a transposed 4x4/2");
-        s.line("        // map, 3 of 4 taps are empty for a row, and the 4 rows of a group (8 consecutive");
-        s.line("        // rows) share their image row, so they agree; so do the lanes of a SIMD vector");
-        s.line("        // (rows RI * TR apart). Only the loads are conditional: an accumulator written in a");
-        s.line("        // branch costs llvmpipe a blend per component.");
-    } else {
-        s.line("        // Skip taps that none of the rows reads (see the head of this kernel).");
-    }
-    s.line("        if (max(max(mx.x, mx.y), max(mx.z, mx.w)) >= 0) {");
-    for i in 0..rg {
-        let u = if skip { format!(" let u{i} = any(v{i});") } else { String::new() };
-        s.line(&format!("            let b{i} = vec4<u32>(max(m{i}, zero)) * kstep; let v{i} = m{i} >= zero;{u}"));
-    }
-    s.line("            var wi = t * p.kin * nv + ct * TV;");
-    let k = if vec4 { "k4" } else { "k" };
-    s.line(&format!("            for (var {k} = 0u; {k} < kstep; {k}++) {{"));
-    for j in 0..tv {
-        s.line(&if vec4 { format!("                let w{j} = ws4(wi + {j}u, nv);") } else { format!("                let w{j} = wt[wi + {j}u];") });
-    }
-    for i in 0..rg {
-        if vec4 {
-            s.line(&format!("                var x{i} = mat4x4<f32>();"));
-            s.line(&format!("                if (u{i}) {{ x{i} = xs4(b{i}, v{i}, k4); }}"));
-            s.line(&format!("                {}", join((0..tv).map(|j| format!("a{i}_{j} += w{j} * x{i};")))));
-        } else if skip {
-            s.line(&format!("                var x{i} = vec4<f32>(0.0);"));
-            s.line(&format!("                if (u{i}) {{ x{i} = xs(b{i}, v{i}, k); }}"));
-            s.line(&format!("                {}", join((0..tv).map(|j| format!("a{i}_{j} += outer(x{i}, w{j});")))));
-        } else if t.fma {
-            s.line(&format!("                let x{i} = xs(b{i}, v{i}, k);"));
-            s.line(&format!("                {}", join((0..tv).map(|j| format!("a{i}_{j} = fma_outer(x{i}, w{j}, a{i}_{j});")))));
-        } else {
-            s.line(&format!("                let x{i} = xs(b{i}, v{i}, k);"));
-            s.line(&format!("                {}", join((0..tv).map(|j| format!("a{i}_{j} += outer(x{i}, w{j});")))));
+        );
+        for i in 0..rg {
+            s.line(&format!("    let o{i} = rows4(base, {}u);", 4 * i));
         }
-    }
-    s.line(if vec4 { "                wi += 4u * nv;" } else { "                wi += nv;" });
-    s.text(
-        r#"            }
+        for i in 0..rg {
+            s.line(&format!("    {}", join((0..tv).map(|j| format!("var a{i}_{j} = mat4x4<f32>();")))));
+        }
+        s.line(if vec4 { "    let kstep = p.kin / 4u;" } else { "    let kstep = p.kin;" });
+        s.line("    let nv = p.nv;");
+        s.line("    let zero = vec4<i32>(0);");
+        s.line("    for (var t = 0u; t < p.taps; t++) {");
+        for i in 0..rg {
+            s.line(&format!("        let m{i} = maps4(o{i}, t);"));
+        }
+        // Left fold, the order the hand-written kernels used.
+        let mx = (1..rg).fold("m0".to_string(), |acc, i| format!("max({acc}, m{i})"));
+        s.line(&format!("        let mx = {mx};"));
+        if skip {
+            s.line("        // Skip taps that none of the rows reads (see the head of this kernel), and per 4");
+            s.line("        // rows the input loads of a tap that none of them reads: with a transposed 4x4/2");
+            s.line("        // map, 3 of 4 taps are empty for a row, and the 4 rows of a group (8 consecutive");
+            s.line("        // rows) share their image row, so they agree; so do the lanes of a SIMD vector");
+            s.line("        // (rows RI * TR apart). Only the loads are conditional: an accumulator written in a");
+            s.line("        // branch costs llvmpipe a blend per component.");
+        } else {
+            s.line("        // Skip taps that none of the rows reads (see the head of this kernel).");
+        }
+        s.line("        if (max(max(mx.x, mx.y), max(mx.z, mx.w)) >= 0) {");
+        for i in 0..rg {
+            let u = if skip { format!(" let u{i} = any(v{i});") } else { String::new() };
+            s.line(&format!("            let b{i} = vec4<u32>(max(m{i}, zero)) * kstep; let v{i} = m{i} >= zero;{u}"));
+        }
+        s.line("            var wi = t * p.kin * nv + ct * TV;");
+        let k = if vec4 { "k4" } else { "k" };
+        s.line(&format!("            for (var {k} = 0u; {k} < kstep; {k}++) {{"));
+        for j in 0..tv {
+            s.line(&match (vec4, oihw) {
+                (true, false) => format!("                let w{j} = ws4(wi + {j}u, nv);"),
+                (true, true) => format!("                let w{j} = ws4t(ct * TV + {j}u, k4);"),
+                _ => format!("                let w{j} = wt[wi + {j}u];"),
+            });
+        }
+        for i in 0..rg {
+            if vec4 {
+                s.line(&format!("                var x{i} = mat4x4<f32>();"));
+                s.line(&format!("                if (u{i}) {{ x{i} = xs4(b{i}, v{i}, k4); }}"));
+                s.line(&format!("                {}", join((0..tv).map(|j| format!("a{i}_{j} += w{j} * x{i};")))));
+            } else if skip {
+                s.line(&format!("                var x{i} = vec4<f32>(0.0);"));
+                s.line(&format!("                if (u{i}) {{ x{i} = xs(b{i}, v{i}, k); }}"));
+                s.line(&format!("                {}", join((0..tv).map(|j| format!("a{i}_{j} += outer(x{i}, w{j});")))));
+            } else if t.fma {
+                s.line(&format!("                let x{i} = xs(b{i}, v{i}, k);"));
+                s.line(&format!("                {}", join((0..tv).map(|j| format!("a{i}_{j} = fma_outer(x{i}, w{j}, a{i}_{j});")))));
+            } else {
+                s.line(&format!("                let x{i} = xs(b{i}, v{i}, k);"));
+                s.line(&format!("                {}", join((0..tv).map(|j| format!("a{i}_{j} += outer(x{i}, w{j});")))));
+            }
+        }
+        s.line(if vec4 { "                wi += 4u * nv;" } else { "                wi += nv;" });
+        s.text(
+            r#"            }
         }
     }
     let c = ct * TV;
@@ -238,17 +257,18 @@ pub fn source(t: &GatherTile, ri: usize, g: usize) -> String {
     // per accumulator, the guarded stores make the kernel ~10x slower to compile.
     for (var i = 0u; i < p.row_groups; i++) {
 "#,
-    );
-    s.line(&format!("        {}", join((0..tv).map(|j| format!("var s{j} = mat4x4<f32>();")))));
-    s.line("        switch i {");
-    for i in 0..rg {
-        s.line(&format!("            case {i}u: {{ {} }}", join((0..tv).map(|j| format!("s{j} = a{i}_{j};")))));
+        );
+        s.line(&format!("        {}", join((0..tv).map(|j| format!("var s{j} = mat4x4<f32>();")))));
+        s.line("        switch i {");
+        for i in 0..rg {
+            s.line(&format!("            case {i}u: {{ {} }}", join((0..tv).map(|j| format!("s{j} = a{i}_{j};")))));
+        }
+        s.line("            default: {}");
+        s.line("        }");
+        s.line(&format!("        {}", join((0..tv).map(|j| format!("put4(base, 4u * i, c + {j}u, s{j});")))));
+        s.line("    }");
+        s.line("}");
     }
-    s.line("            default: {}");
-    s.line("        }");
-    s.line(&format!("        {}", join((0..tv).map(|j| format!("put4(base, 4u * i, c + {j}u, s{j});")))));
-    s.line("    }");
-    s.line("}");
     s.into()
 }
 

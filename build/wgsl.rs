@@ -15,12 +15,16 @@ impl Lines {
     }
     /// The `main` entry point of a `wg`-wide workgroup, up to its flat invocation `id`.
     pub fn entry(&mut self, wg: usize) {
+        self.entry_named(wg, "main");
+    }
+    /// As [`Lines::entry`], named `name`.
+    pub fn entry_named(&mut self, wg: usize, name: &str) {
         self.line("");
         if wg == 8 {
             self.line("// 8 invocations = one SIMD vector of llvmpipe: small layers still spread over every core.");
         }
         self.line(&format!("@compute @workgroup_size({wg})"));
-        self.line("fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {");
+        self.line(&format!("fn {name}(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{"));
         self.line(&format!("    let id = gid.x + gid.y * nwg.x * {wg}u;"));
     }
     /// Literal WGSL text (whole lines).

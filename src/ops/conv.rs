@@ -217,7 +217,10 @@ fn gather_gemm(
     // conv whose input channels fill whole column tiles (every 1x1 layer of a ResNet),
     // where the re-layout was a plain copy, a pass over the weight that did not shrink
     // with the mask (ResNet-50 160² batch 2: ~45 % of the re-laid weight bytes).
-    let (wt, relayout) = if is_relaid(l, taps, k, n, n_pad) && w.len >= taps * k * n {
+    // And a 1x1 conv's [N, K] weight (the forward of every 1x1 layer) by the vec4 register
+    // kernels' `main_oihw` entry, which transposes its 4 x 4 blocks in registers.
+    let oihw = tile.loads == GatherLoads::Vec4 && tile.stage == GatherStage::Registers && taps == 1 && l.cin == 1 && l.cout == k;
+    let (wt, relayout) = if (oihw || is_relaid(l, taps, k, n, n_pad)) && w.len >= taps * k * n {
         (w.clone(), None)
     } else {
         let (wt, d) = relayout(ctx, w, l, taps, k, n, n_pad)?;
@@ -248,7 +251,8 @@ fn gather_gemm(
     };
     // Without a bias, bind the (read-only) scratch in its place: every binding must be filled.
     let b = bias.unwrap_or(&wt);
-    let kern = ctx.kernel(tile.kernel)?;
+    let direct = oihw && relayout.is_none();
+    let kern = ctx.kernel_entry(tile.kernel, if direct { "main_oihw" } else { "main" })?;
     let d = ctx.dispatch(&kern, &p, &[inp, map, &wt, b, out], total as u64);
     Ok(relayout.into_iter().chain([d]).collect())
 }
@@ -433,7 +437,7 @@ pub use tune::{Candidate, candidates};
 /// Pass names of the gather-GEMM (the tuner's keys).
 const FWD: &str = "fwd";
 const DGRAD: &str = "dgrad";
-use tiles::GatherStage;
+use tiles::{GatherLoads, GatherStage};
 use thin::thin_weight_grad;
 pub use reference::{conv_data_grad_ref, conv_forward_ref, conv_weight_grad_ref};
 

@@ -485,6 +485,24 @@ fn one_by_one_data_gradient_reads_the_weight_as_stored() {
         let (g, it, w, dx) = (ctx.zeros(s.rows_out * cout), ctx.upload(&inv.map), ctx.zeros(cin * cout), ctx.zeros(s.rows_in * cin));
         let ds = conv_data_grad(&ctx, &g, &it, &w, layout_of(&geo, cin, cout), &dx, s, false).unwrap();
         assert_eq!(ds.len(), 1, "{}: the 1x1 data gradient re-laid its weight", tile.kernel);
+        // The vec4 register kernels read the forward's [cout, cin] weight as stored, with
+        // the bits of the re-laid path: the same weight as a [cin, cout] tensor (a layout
+        // the re-layout handles) gives the same output.
+        let (x, wv) = (random_vec(7, s.rows_in * cin), random_vec(8, cin * cout));
+        let wio: Vec<f32> = (0..cin * cout).map(|i| wv[(i % cout) * cin + i / cout]).collect();
+        let (xt, mt) = (ctx.upload(&x), ctx.upload(&map.map));
+        let run = |w: &[f32], l: WeightLayout| {
+            let (wt, y) = (ctx.upload(w), ctx.zeros(s.rows_out * cout));
+            let ds = conv_forward(&ctx, &xt, &mt, &wt, l, None, &y, s, false).unwrap();
+            ctx.run(&ds).unwrap();
+            (ds.len(), ctx.read_f32(&y).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+        };
+        let (n_direct, direct) = run(&wv, layout_of(&geo, cin, cout));
+        let (n_relaid, relaid) = run(&wio, WeightLayout { tap: 1, cin: cout, cout: 1 });
+        if tile.loads == super::tiles::GatherLoads::Vec4 && tile.stage == GatherStage::Registers {
+            assert_eq!((n_direct, n_relaid), (1, 2), "{}: the 1x1 forward re-laid its weight", tile.kernel);
+        }
+        assert!(direct == relaid, "{}: the 1x1 forward read as stored differs from the re-laid one", tile.kernel);
     }
     FORCE_TILE.with(|f| f.set(None));
     FORCE_WGRAD.with(|f| f.set(None));
