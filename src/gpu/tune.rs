@@ -120,7 +120,7 @@ const ROUND_BUDGET: Duration = Duration::from_millis(250);
 /// (pipeline compilation, first touch of buffers), then rounds that run every candidate
 /// once, interleaved so that a slow spell of a shared machine hits them alike; the
 /// minimum counts (other processes only ever add time).
-fn time_rounds(candidates: &[&str], time: &mut dyn FnMut(&str) -> Result<f64>) -> Result<Vec<f64>> {
+pub fn time_rounds(candidates: &[&str], time: &mut dyn FnMut(&str) -> Result<f64>) -> Result<Vec<f64>> {
     for c in candidates {
         time(c)?;
     }
@@ -135,11 +135,6 @@ fn time_rounds(candidates: &[&str], time: &mut dyn FnMut(&str) -> Result<f64>) -
         }
     }
     Ok(best)
-}
-
-/// Each of `candidates` timed as the tuner times them (for reports: `cargo bench --bench conv`).
-pub fn time_candidates(candidates: &[&str], time: &mut dyn FnMut(&str) -> Result<f64>) -> Result<Vec<f64>> {
-    time_rounds(candidates, time)
 }
 
 impl Tuner {

@@ -434,10 +434,12 @@ use kernels::{GemmTile, ROW_GROUP, ROW_INTERLEAVE, WgradTile, tile_for, wgrad_ti
 pub(crate) use tune::defer_tuning;
 pub use tune::{Candidate, candidates};
 
-/// Pass names of the gather-GEMM (the tuner's keys).
+use tiles::{GatherLoads, GatherStage};
+
+/// Pass names of a conv (the tuner's keys and reports).
 const FWD: &str = "fwd";
 const DGRAD: &str = "dgrad";
-use tiles::{GatherLoads, GatherStage};
+const WGRAD: &str = "wgrad";
 use thin::thin_weight_grad;
 pub use reference::{conv_data_grad_ref, conv_forward_ref, conv_weight_grad_ref};
 

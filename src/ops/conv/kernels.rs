@@ -136,7 +136,7 @@ pub(crate) fn is_cpu(ctx: &GpuContext) -> bool {
 
 /// The tuner's key of a weight gradient of shape `s`.
 pub(crate) fn wgrad_key(s: &ConvShape) -> String {
-    format!("wgrad rows {}->{} k {} n {} taps {}", s.rows_in, s.rows_out, s.cin, s.cout, s.taps)
+    format!("{} rows {}->{} k {} n {} taps {}", super::WGRAD, s.rows_in, s.rows_out, s.cin, s.cout, s.taps)
 }
 
 /// The weight-gradient kernels that can run `s`, the fixed rule's choice first: on GPUs

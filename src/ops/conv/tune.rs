@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::kernels::{GemmDims, gather_candidates, gather_key, wgrad_candidates, wgrad_key};
-use super::{ConvShape, DGRAD, FWD, WeightLayout, gather_gemm, weight_grad_with};
-use crate::gpu::tune::time_candidates;
+use super::{ConvShape, DGRAD, FWD, WGRAD, WeightLayout, gather_gemm, weight_grad_with};
+use crate::gpu::tune::time_rounds;
 use crate::gpu::{Dispatch, GpuContext, GpuTensor};
 use crate::sparse::{ActiveSet, NeighbourMap, Window, conv_map, inverse_map, transposed_conv_map};
 
@@ -128,7 +128,7 @@ impl Problem {
             out.push((DGRAD, gather_key(DGRAD, self.dgrad_dims()), gather_candidates(ctx, self.dgrad_dims()).iter().map(|t| t.kernel).collect()));
         }
         if train {
-            out.push(("wgrad", wgrad_key(&self.s), wgrad_candidates(ctx, &self.s).iter().map(|t| t.name()).collect()));
+            out.push((WGRAD, wgrad_key(&self.s), wgrad_candidates(ctx, &self.s).iter().map(|t| t.name()).collect()));
         }
         out
     }
@@ -150,7 +150,7 @@ pub fn candidates(ctx: &GpuContext, from: &ActiveSet, to: &ActiveSet, win: Windo
     let p = Problem::new(ctx, &map, &inv, layout, bias, s);
     let mut out = vec![];
     for (pass, _, names) in p.passes(ctx, true, true) {
-        let times = time_candidates(&names, &mut p.timer(ctx, pass))?;
+        let times = time_rounds(&names, &mut p.timer(ctx, pass))?;
         for (i, (name, t)) in names.iter().zip(times).enumerate() {
             out.push(Candidate { pass, name, fixed: i == 0, ms: 1e3 * t });
         }
