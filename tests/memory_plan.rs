@@ -18,6 +18,7 @@ fn tiny(model: &str) -> SparkConfig {
 struct Options {
     chunk_images: Option<usize>,
     dedicated_buffers: bool,
+    recompute: bool,
 }
 
 /// Three training steps; with `scramble`, the shared buffers are NaN before each one.
@@ -30,6 +31,7 @@ fn three_steps(ctx: &GpuContext, cfg: &SparkConfig, options: Options, scramble: 
         .drop_path(0.1, 3)
         .chunk_images(options.chunk_images)
         .dedicated_buffers(options.dedicated_buffers)
+        .recompute(options.recompute)
         .init_seed(9)
         .build()
         .unwrap();
@@ -53,7 +55,7 @@ fn shared_buffers_change_no_bit_of_training() {
     for model in ["resnet_tiny", "convnext_pico"] {
         for chunk_images in [None, Some(2)] {
             let cfg = tiny(model);
-            let base = Options { chunk_images, dedicated_buffers: false };
+            let base = Options { chunk_images, dedicated_buffers: false, recompute: true };
             let own = three_steps(&ctx, &cfg, Options { dedicated_buffers: true, ..base }, false);
             let planned = three_steps(&ctx, &cfg, base, true);
             let what = format!("{model}, chunks of {chunk_images:?} images");
@@ -73,6 +75,32 @@ fn shared_buffers_change_no_bit_of_training() {
             assert_eq!(planned.0, own.0, "{what}: losses differ");
             for (i, (a, b)) in planned.1.iter().zip(&own.1).enumerate() {
                 assert!(a == b, "{what}: parameter or buffer {i} differs");
+            }
+        }
+    }
+}
+
+/// Recomputing BatchNorm, activation and up-sampling outputs in the backward (the
+/// default) instead of keeping them gives the same bits, with shared buffers NaN-filled
+/// before every step, and keeps less for the backward: on a ResNet (BN + ReLU/ReLU6,
+/// decoder up-sampling) and a ConvNeXt (GELU), whole and in chunks of images.
+#[test]
+fn recomputing_in_the_backward_changes_no_bit_and_keeps_less() {
+    let ctx = GpuContext::new_default().unwrap();
+    for model in ["resnet_tiny", "convnext_pico"] {
+        for chunk_images in [None, Some(2)] {
+            let cfg = tiny(model);
+            let kept = Options { chunk_images, dedicated_buffers: false, recompute: false };
+            let a = three_steps(&ctx, &cfg, kept, true);
+            let b = three_steps(&ctx, &cfg, Options { recompute: true, ..kept }, true);
+            let what = format!("{model}, chunks of {chunk_images:?} images");
+            let (m, k) = (b.2, a.2);
+            eprintln!("{what}: kept for the backward {} → {} bytes, shared {} → {}", k.kept_for_backward, m.kept_for_backward, k.shared, m.shared);
+            assert!(m.kept_for_backward < k.kept_for_backward * 9 / 10, "{what}: recomputing keeps {m:?}, keeping {k:?}");
+            assert!(m.shared < k.shared, "{what}: {m:?} vs {k:?}");
+            assert_eq!(a.0, b.0, "{what}: losses differ");
+            for (i, (x, y)) in a.1.iter().zip(&b.1).enumerate() {
+                assert!(x == y, "{what}: parameter or buffer {i} differs");
             }
         }
     }

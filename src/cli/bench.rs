@@ -34,6 +34,11 @@ pub struct BenchArgs {
     /// memory plan), to measure what the plan saves.
     #[arg(long)]
     pub dedicated_buffers: bool,
+    /// Keep BatchNorm, activation and up-sampling outputs from the forward instead of
+    /// recomputing them in the backward (same results), to measure what recomputing
+    /// saves in memory and costs in time.
+    #[arg(long)]
+    pub no_recompute: bool,
     /// Skip the per-kernel timestamp profile.
     #[arg(long)]
     pub no_profile: bool,
@@ -317,6 +322,7 @@ fn bench_builder<'c>(ctx: &'c GpuContext, a: &BenchArgs, cfg: SparkConfig, batch
         .dense_encoder(a.dense_encoder)
         .chunk_images(a.chunk_images.map(|n| n as usize))
         .dedicated_buffers(a.dedicated_buffers)
+        .recompute(!a.no_recompute)
 }
 
 /// The preset's encoder and the benchmark's SparK configuration, validated.

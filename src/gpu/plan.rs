@@ -95,41 +95,41 @@ impl MemoryPlan {
             Some((_, true, _)) => !allocs[i].pinned && !host_touched.contains(&allocs[i].key),
             _ => false,
         };
-        let mut starts: Vec<Vec<usize>> = vec![vec![]; order.len()];
-        let mut ends: Vec<Vec<usize>> = vec![vec![]; order.len()];
-        for i in (0..allocs.len()).filter(|&i| shared(i)) {
-            let (first, _, last) = life[i].unwrap();
-            starts[first].push(i);
-            ends[last].push(i);
-        }
+        // Greedy by size (the offline assignment of TFLite's and MNN's planners): the
+        // largest tensor first, each into the first buffer made so far (all of them at
+        // least as large) whose tensors' lifetimes it does not overlap, else a buffer of
+        // its own. Sharing in step order instead (take any free buffer, grow it) let
+        // small early tensors claim buffers that later large ones had to grow: 969 MiB
+        // of buffers for a peak of 809 MiB live at ResNet-50 224² batch 8, where this
+        // way needs 809.5 MiB (the peak itself, there).
+        let mut order_by_size: Vec<usize> = (0..allocs.len()).filter(|&i| shared(i)).collect();
+        order_by_size.sort_by_key(|&i| (std::cmp::Reverse(allocs[i].bytes), life[i].unwrap().0, i));
         let mut slots: Vec<(u64, Option<usize>)> = allocs.iter().map(|a| (a.bytes, None)).collect();
         let mut physical: Vec<u64> = vec![];
-        let mut free: Vec<usize> = vec![];
+        // Per physical buffer: the lifetimes `(first, last)` it holds, sorted by `first`.
+        let mut held: Vec<Vec<(usize, usize)>> = vec![];
         let mut stats = MemoryStats::default();
-        for pos in 0..order.len() {
-            // Largest first, so that big tensors take the big free buffers.
-            starts[pos].sort_by_key(|&i| (std::cmp::Reverse(allocs[i].bytes), i));
-            for &i in &starts[pos] {
-                let need = allocs[i].bytes;
-                // The free buffer that grows least, then the smallest of those.
-                let best = (0..free.len()).min_by_key(|&f| (need.saturating_sub(physical[free[f]]), physical[free[f]], free[f]));
-                let p = match best {
-                    Some(f) => free.swap_remove(f),
-                    None => {
-                        physical.push(0);
-                        physical.len() - 1
-                    }
-                };
-                physical[p] = physical[p].max(need);
-                slots[i].1 = Some(p);
-                stats.unshared += need;
-                let (first, _, last) = life[i].unwrap();
-                if first < backward_from && last >= backward_from {
-                    stats.kept_for_backward += need;
+        for &i in &order_by_size {
+            let need = allocs[i].bytes;
+            let (first, _, last) = life[i].unwrap();
+            let fits = |h: &Vec<(usize, usize)>| {
+                let at = h.partition_point(|&(f, _)| f < first);
+                (at == 0 || h[at - 1].1 < first) && (at == h.len() || h[at].0 > last)
+            };
+            let p = match held.iter().position(fits) {
+                Some(p) => p,
+                None => {
+                    physical.push(need);
+                    held.push(vec![]);
+                    physical.len() - 1
                 }
-            }
-            for &i in &ends[pos] {
-                free.push(slots[i].1.unwrap());
+            };
+            let at = held[p].partition_point(|&(f, _)| f < first);
+            held[p].insert(at, (first, last));
+            slots[i].1 = Some(p);
+            stats.unshared += need;
+            if first < backward_from && last >= backward_from {
+                stats.kept_for_backward += need;
             }
         }
         stats.shared = physical.iter().sum();

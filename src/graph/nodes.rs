@@ -7,7 +7,7 @@ use super::{Chunks, Graph, ParamId, SetId, Var};
 use crate::gpu::GpuTensor;
 use crate::ops::activation::{Activation, activation_backward, activation_forward};
 use crate::ops::batchnorm::{
-    BnSavedTensors, BnTensors, batchnorm_backward_synced, batchnorm_eval_forward, batchnorm_train_forward_synced,
+    BnSavedTensors, BnTensors, batchnorm_apply, batchnorm_backward_synced, batchnorm_eval_forward, batchnorm_train_forward_synced,
 };
 use crate::ops::conv::{ConvShape, WeightLayout, conv_data_grad, conv_forward, conv_weight_grad, defer_tuning};
 use crate::ops::densify::{scatter_rows, scatter_rows_backward};
@@ -120,8 +120,26 @@ impl Graph<'_> {
         })?;
         let name = format!("{} {}x{} {}->{} rows {}", self.params.spec(p.weight).name, win.kh, win.kw, cin, cout, s.rows_out);
         self.forward.extend(labelled(with_flops(d, flops), format!("fwd {name}")));
+        drop((xt, yt));
+        if transposed {
+            // A decoder's up-sampling keeps its input for its own weight gradient, and its
+            // output is four times larger: recompute the output for the next conv's
+            // weight gradient (about 0.5 % of a ResNet-50 224² step on lavapipe) rather
+            // than hold it through the backward of the block above (at batch 8, 73 MiB
+            // at the top block, where the step's memory peaks). The tuner's choice for
+            // the shape is fixed once made, so the recomputation runs the same kernel.
+            let (w, b, map) = (w.clone(), b.clone(), map.clone());
+            self.recomputable(y, &[x], move |g, inp, out| {
+                let d = g.per_chunk(ch, |g, r| {
+                    let (xv, mv, yv) = (g.view(&inp[0], from, cin, r), g.view(&map, out_set, taps, r), g.view(out, out_set, cout, r));
+                    conv_forward(g.ctx, &xv, &mv, &w, layout, b.as_ref(), &yv, shape(r), false)
+                })?;
+                Ok(with_flops(d, flops))
+            });
+        }
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
+            let xt = g.saved(x)?;
             let targets: Vec<_> = std::iter::once(g.params.grad(p.weight)).chain(p.bias.map(|b| g.params.grad(b))).collect();
             let d = g.per_chunk_summed(ch, &targets, |g, r, t| {
                 let (xv, mv, dyv) = (g.view(&xt, from, cin, r), g.view(&map, out_set, taps, r), g.view(&dy, out_set, cout, r));
@@ -157,8 +175,10 @@ impl Graph<'_> {
             dw_forward(g.ctx, &xv, &mv, &w, b.as_ref(), &yv, per * r.len(), c, taps)
         })?;
         self.forward.extend(with_flops(d, flops));
+        drop(xt);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
+            let xt = g.saved(x)?;
             let targets: Vec<_> = std::iter::once(g.params.grad(p.weight)).chain(p.bias.map(|b| g.params.grad(b))).collect();
             let d = g.per_chunk_summed(ch, &targets, |g, r, t| {
                 let (xv, mv, dyv) = (g.view(&xt, set, c, r), g.view(&map, set, taps, r), g.view(&dy, set, c, r));
@@ -209,8 +229,16 @@ impl Graph<'_> {
         let base = self.forward.len();
         self.forward.extend(d);
         self.note_host_points(super::Pass::Forward, base, sums);
+        // The backward keeps `x` for its own use, so `y` is one pass from it: recompute
+        // it where a later op's backward needs it (a conv's weight gradient).
+        let (rg, rb, rm, ri) = (gamma.clone(), beta.clone(), save_mean.clone(), save_invstd.clone());
+        self.recomputable(y, &[x], move |g, inp, out| {
+            g.per_chunk(ch, |g, r| batchnorm_apply(g.ctx, &g.view(&inp[0], set, c, r), &g.view(out, set, c, r), &rg, &rb, &rm, &ri, per * r.len(), c))
+        });
+        drop((xt, yt));
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
+            let xt = g.saved(x)?;
             let (dgamma, dbeta) = (g.params.grad(p.weight), g.params.grad(p.bias));
             // The data gradient always exists here (BN never sees the input image), but the
             // kernel needs a target either way.
@@ -241,8 +269,10 @@ impl Graph<'_> {
             layernorm_forward(g.ctx, &xv, &gamma, &beta, &yv, &mv, &iv, per * r.len(), c, eps)
         })?;
         self.forward.extend(d);
+        drop(xt);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
+            let xt = g.saved(x)?;
             let targets = [g.params.grad(weight), g.params.grad(bias)];
             let (dx, acc) = g.grad_in(x).unwrap_or_else(|| (g.ctx.zeros(rows * c), false));
             let d = g.per_chunk_summed(ch, &targets, |g, r, t| {
@@ -262,12 +292,24 @@ impl Graph<'_> {
         let n = per * c;
         let d = self.per_chunk(ch, |g, r| activation_forward(g.ctx, act, &g.view(&xt, set, c, r), &g.view(&yt, set, c, r), n * r.len()))?;
         self.forward.extend(d);
+        drop((xt, yt));
+        // The gradient reads the output where it can, so that the input (a BatchNorm's
+        // output, a residual sum) need not be kept. The output is recomputed in the
+        // backward when the input is kept or recomputed anyway; from a residual sum (kept
+        // only for this) it is cheaper to keep the output.
+        let from = if act.grad_from_output() { y } else { x };
+        if !act.grad_from_output() || self.is_recomputed(x) {
+            self.recomputable(y, &[x], move |g, inp, out| {
+                g.per_chunk(ch, |g, r| activation_forward(g.ctx, act, &g.view(&inp[0], set, c, r), &g.view(out, set, c, r), n * r.len()))
+            });
+        }
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             if let Some((dx, acc)) = g.grad_in(x) {
+                let vt = g.saved(from)?;
                 let d = g.per_chunk(ch, |g, r| {
-                    let (xv, dyv, dxv) = (g.view(&xt, set, c, r), g.view(&dy, set, c, r), g.view(&dx, set, c, r));
-                    activation_backward(g.ctx, act, &xv, &dyv, &dxv, n * r.len(), acc)
+                    let (vv, dyv, dxv) = (g.view(&vt, set, c, r), g.view(&dy, set, c, r), g.view(&dx, set, c, r));
+                    activation_backward(g.ctx, act, &vv, &dyv, &dxv, n * r.len(), acc)
                 })?;
                 g.backward.extend(d);
             }
@@ -310,8 +352,10 @@ impl Graph<'_> {
         let gt = self.params.tensor(gamma);
         let d = self.per_chunk(ch, |g, r| channel_scale_forward(g.ctx, &g.view(&xt, set, c, r), &gt, &g.view(&yt, set, c, r), per * r.len(), c))?;
         self.forward.extend(d);
+        drop(xt);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
+            let xt = g.saved(x)?;
             let (dx, acc) = g.grad_in(x).unwrap_or_else(|| (g.ctx.zeros(rows * c), false));
             let d = g.per_chunk_summed(ch, &[g.params.grad(gamma)], |g, r, t| {
                 let (xv, dyv, dxv) = (g.view(&xt, set, c, r), g.view(&dy, set, c, r), g.view(&dx, set, c, r));

@@ -126,6 +126,14 @@ impl<'c> SparkBuilder<'c> {
         self
     }
 
+    /// Recompute BatchNorm-apply, activation and up-sampling outputs in the backward
+    /// instead of keeping them (default on; bit-identical either way, see
+    /// [`GraphOptions::recompute`]): off to measure what it saves and costs.
+    pub fn recompute(mut self, on: bool) -> Self {
+        self.graph.recompute = on;
+        self
+    }
+
     /// Data-parallel training (issue 10): this graph's `batch` images start at `first`
     /// of a global batch of `global`; with `sync_bn_world` > 1, BatchNorm statistics are
     /// taken over that many ranks.

@@ -20,6 +20,15 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Whether the gradient can be taken from the output instead of the input, with the
+    /// same bits: ReLU passes the gradient where `x > 0`, which is where `max(x, 0) > 0`;
+    /// ReLU6 where `0 < x < 6`, which is where `0 < clamp(x, 0, 6) < 6`. GELU cannot.
+    /// The graph then keeps the output (which the next layer's weight gradient reads
+    /// anyway) and not the input.
+    pub fn grad_from_output(self) -> bool {
+        matches!(self, Activation::Relu | Activation::Relu6)
+    }
+
     fn code(self) -> u32 {
         match self {
             Activation::Relu => 0,
@@ -60,7 +69,8 @@ pub fn activation_forward(ctx: &GpuContext, act: Activation, x: &GpuTensor, y: &
     forward_code(ctx, act.code(), x, y, n)
 }
 
-/// `dx (+)= dy · act'(x)`, `x` being the forward input.
+/// `dx (+)= dy · act'(x)`, `x` being the forward input, or its output where
+/// [`Activation::grad_from_output`] (the kernel's tests are the same on both).
 pub fn activation_backward(
     ctx: &GpuContext,
     act: Activation,
@@ -171,6 +181,30 @@ mod tests {
             ctx.run(&activation_backward(&ctx, act, &xt, &dyt, &dx, n, true).unwrap()).unwrap();
             let want: Vec<f32> = dgrad.iter().zip(&init).map(|(a, b)| a + b).collect();
             assert_close(&ctx.read_f32(&dx).unwrap(), &want, 1e-6, &format!("{act:?} backward accumulate"));
+        }
+    }
+
+    #[test]
+    fn gradient_from_the_output_has_the_bits_of_the_gradient_from_the_input() {
+        let ctx = GpuContext::new_default().unwrap();
+        // random values plus the kinks and values next to them, and a NaN
+        let mut x = inputs(4, 997);
+        x.extend([f32::MIN_POSITIVE, -f32::MIN_POSITIVE, 6.0f32.next_up(), 6.0f32.next_down(), 1e-45, f32::NAN, f32::INFINITY, f32::NEG_INFINITY]);
+        let n = x.len();
+        let dy = random_vec(5, n);
+        let (xt, dyt) = (ctx.upload(&x), ctx.upload(&dy));
+        for act in ALL.into_iter().filter(|a| a.grad_from_output()) {
+            let y = ctx.zeros(n);
+            ctx.run(&activation_forward(&ctx, act, &xt, &y, n).unwrap()).unwrap();
+            let (from_x, from_y) = (ctx.zeros(n), ctx.zeros(n));
+            ctx.run(&activation_backward(&ctx, act, &xt, &dyt, &from_x, n, false).unwrap()).unwrap();
+            ctx.run(&activation_backward(&ctx, act, &y, &dyt, &from_y, n, false).unwrap()).unwrap();
+            let (a, b) = (ctx.read_f32(&from_x).unwrap(), ctx.read_f32(&from_y).unwrap());
+            let passed = a.iter().filter(|v| **v != 0.0).count();
+            assert!(passed > n / 4, "{act:?}: only {passed} of {n} gradients passed");
+            for i in 0..n {
+                assert_eq!(a[i].to_bits(), b[i].to_bits(), "{act:?} at x = {}: from x {}, from y {}", x[i], a[i], b[i]);
+            }
         }
     }
 

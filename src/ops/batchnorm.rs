@@ -197,12 +197,38 @@ pub fn batchnorm_train_forward_synced(
     }
     let k = ctx.kernel_entry("batchnorm_stats", "finalize")?;
     out.push(ctx.dispatch(&k, &params(0), &bind(&chunks[0].0).each_ref(), c as u64));
-    let k = ctx.kernel("batchnorm_apply")?;
     for (i, (x, y)) in chunks.iter().enumerate() {
-        let a = ApplyParams { n: (chunk_rows[i] * c) as u32, c: c as u32, from_var: 0, eps };
-        out.push(ctx.dispatch(&k, &a, &[x, t.gamma, t.beta, t.save_mean, t.save_invstd, y], (chunk_rows[i] * c) as u64));
+        out.extend(batchnorm_apply(ctx, x, y, t.gamma, t.beta, t.save_mean, t.save_invstd, chunk_rows[i], c)?);
     }
     Ok((out, syncs))
+}
+
+/// Training-mode normalisation with statistics already computed (the last pass of
+/// [`batchnorm_train_forward_synced`]): `y = (x − mean)·invstd·γ + β` over `[rows, c]`.
+/// Element-wise, so a chunk of rows gets the bits the whole tensor would; the graph's
+/// backward runs it again to recompute an output it did not keep.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_apply(
+    ctx: &GpuContext,
+    x: &GpuTensor,
+    y: &GpuTensor,
+    gamma: &GpuTensor,
+    beta: &GpuTensor,
+    save_mean: &GpuTensor,
+    save_invstd: &GpuTensor,
+    rows: usize,
+    c: usize,
+) -> Result<Vec<Dispatch>> {
+    let op = "batchnorm_apply";
+    check(op, "x", x, rows * c)?;
+    check(op, "y", y, rows * c)?;
+    for (w, v) in [("gamma", gamma), ("beta", beta), ("save_mean", save_mean), ("save_invstd", save_invstd)] {
+        check(op, w, v, c)?;
+    }
+    let k = ctx.kernel("batchnorm_apply")?;
+    // (eps is unused when the statistics come as invstd)
+    let a = ApplyParams { n: (rows * c) as u32, c: c as u32, from_var: 0, eps: 0.0 };
+    Ok(vec![ctx.dispatch(&k, &a, &[x, gamma, beta, save_mean, save_invstd, y], (rows * c) as u64)])
 }
 
 /// Eval-mode forward with the running statistics: `y = (x − rm)/sqrt(rv + eps)·γ + β`.
