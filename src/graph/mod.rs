@@ -157,9 +157,10 @@ pub struct GraphOptions {
     /// BatchNorm's backward reads; an up-sampling's input, which its weight gradient
     /// reads) instead of keeping them from the forward (see `Graph::saved`). The
     /// recomputation runs the forward's kernels on the forward's inputs, so results are
-    /// bit-identical either way. ResNet-50 224² batch 8: activations kept for the
-    /// backward 626 → 483 MiB, the step's peak 809 → 667 MiB, for 88 more dispatches
-    /// (element-wise passes and one transposed conv per decoder block).
+    /// bit-identical either way. ResNet-50 224² batch 8 (lavapipe): activations kept for
+    /// the backward 874 → 515 MiB, the step's buffers 1910 → 1625 MiB, for 82 more
+    /// dispatches (element-wise passes, and the two finest up-samplings, see
+    /// `nodes::RECOMPUTE_MACS_PER_ELEMENT`).
     pub recompute: bool,
 }
 
