@@ -219,16 +219,31 @@ pub fn batchnorm_apply(
     rows: usize,
     c: usize,
 ) -> Result<Vec<Dispatch>> {
-    let op = "batchnorm_apply";
+    // (eps is unused when the statistics come as invstd)
+    apply_pass("batchnorm_apply", x, y, [("gamma", gamma), ("beta", beta), ("save_mean", save_mean), ("save_invstd", save_invstd)], rows, c, None, ctx)
+}
+
+/// The `batchnorm_apply` kernel over `[rows, c]` with `[gamma, beta, mean, stat]`: `stat`
+/// is the invstd, or (`from_var = Some(eps)`) the running variance.
+fn apply_pass(
+    op: &str,
+    x: &GpuTensor,
+    y: &GpuTensor,
+    per_channel: [(&str, &GpuTensor); 4],
+    rows: usize,
+    c: usize,
+    from_var: Option<f32>,
+    ctx: &GpuContext,
+) -> Result<Vec<Dispatch>> {
     check(op, "x", x, rows * c)?;
     check(op, "y", y, rows * c)?;
-    for (w, v) in [("gamma", gamma), ("beta", beta), ("save_mean", save_mean), ("save_invstd", save_invstd)] {
+    for (w, v) in per_channel {
         check(op, w, v, c)?;
     }
     let k = ctx.kernel("batchnorm_apply")?;
-    // (eps is unused when the statistics come as invstd)
-    let a = ApplyParams { n: (rows * c) as u32, c: c as u32, from_var: 0, eps: 0.0 };
-    Ok(vec![ctx.dispatch(&k, &a, &[x, gamma, beta, save_mean, save_invstd, y], (rows * c) as u64)])
+    let a = ApplyParams { n: (rows * c) as u32, c: c as u32, from_var: from_var.is_some() as u32, eps: from_var.unwrap_or(0.0) };
+    let [g, b, m, st] = per_channel.map(|(_, v)| v);
+    Ok(vec![ctx.dispatch(&k, &a, &[x, g, b, m, st, y], (rows * c) as u64)])
 }
 
 /// Eval-mode forward with the running statistics: `y = (x − rm)/sqrt(rv + eps)·γ + β`.
@@ -245,15 +260,8 @@ pub fn batchnorm_eval_forward(
     c: usize,
     eps: f32,
 ) -> Result<Vec<Dispatch>> {
-    let op = "batchnorm_eval_forward";
-    check(op, "x", x, rows * c)?;
-    check(op, "y", y, rows * c)?;
-    for (w, v) in [("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)] {
-        check(op, w, v, c)?;
-    }
-    let k = ctx.kernel("batchnorm_apply")?;
-    let a = ApplyParams { n: (rows * c) as u32, c: c as u32, from_var: 1, eps };
-    Ok(vec![ctx.dispatch(&k, &a, &[x, gamma, beta, running_mean, running_var, y], (rows * c) as u64)])
+    let per_channel = [("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)];
+    apply_pass("batchnorm_eval_forward", x, y, per_channel, rows, c, Some(eps), ctx)
 }
 
 /// Training-mode backward with the statistics saved by [`batchnorm_train_forward`]:
