@@ -120,15 +120,22 @@ impl Graph<'_> {
             defer_tuning(self.ctx, s, || (self.active_set(from), self.active_set(out_set)), win, transposed, p.bias.is_some(), self.train, dgrad);
         }
         let (w, b) = (self.params.tensor(p.weight), p.bias.map(|b| self.params.tensor(b)));
-        let (xt, yt) = (self.tensor(x).clone(), self.tensor(y).clone());
         let flops = 2 * (s.rows_out * taps * cin * cout) as u64;
-        let d = self.per_chunk(ch, |g, r| {
-            let (xv, mv, yv) = (g.view(&xt, from, cin, r), g.view(&map, out_set, taps, r), g.view(&yt, out_set, cout, r));
-            conv_forward(g.ctx, &xv, &mv, &w, layout, b.as_ref(), &yv, shape(r), false)
-        })?;
+        // The forward's dispatches from an input to an output tensor: run here, and again
+        // in the backward when the output is recomputed.
+        let run = {
+            let (w, b, map) = (w.clone(), b.clone(), map.clone());
+            move |g: &Graph, xt: &GpuTensor, yt: &GpuTensor| {
+                let d = g.per_chunk(ch, |g, r| {
+                    let (xv, mv, yv) = (g.view(xt, from, cin, r), g.view(&map, out_set, taps, r), g.view(yt, out_set, cout, r));
+                    conv_forward(g.ctx, &xv, &mv, &w, layout, b.as_ref(), &yv, shape(r), false)
+                })?;
+                Ok(with_flops(d, flops))
+            }
+        };
+        let d = run(self, self.tensor(x), self.tensor(y))?;
         let name = format!("{} {}x{} {}->{} rows {}", self.params.spec(p.weight).name, win.kh, win.kw, cin, cout, s.rows_out);
-        self.forward.extend(labelled(with_flops(d, flops), format!("fwd {name}")));
-        drop((xt, yt));
+        self.forward.extend(labelled(d, format!("fwd {name}")));
         if transposed && cin * taps <= RECOMPUTE_MACS_PER_ELEMENT {
             // A decoder's up-sampling keeps its input for its own weight gradient, and its
             // output is four times larger: recompute the output for the next conv's
@@ -136,14 +143,7 @@ impl Graph<'_> {
             // above, where the blocks are cheap per element kept (see
             // RECOMPUTE_MACS_PER_ELEMENT). The tuner's choice for the shape is fixed once
             // made, so the recomputation runs the same kernel.
-            let (w, b, map) = (w.clone(), b.clone(), map.clone());
-            self.recomputable(y, &[x], move |g, inp, out| {
-                let d = g.per_chunk(ch, |g, r| {
-                    let (xv, mv, yv) = (g.view(&inp[0], from, cin, r), g.view(&map, out_set, taps, r), g.view(out, out_set, cout, r));
-                    conv_forward(g.ctx, &xv, &mv, &w, layout, b.as_ref(), &yv, shape(r), false)
-                })?;
-                Ok(with_flops(d, flops))
-            });
+            self.recomputable(y, &[x], move |g, inp, out| run(g, &inp[0], out));
         }
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
@@ -183,7 +183,6 @@ impl Graph<'_> {
             dw_forward(g.ctx, &xv, &mv, &w, b.as_ref(), &yv, per * r.len(), c, taps)
         })?;
         self.forward.extend(with_flops(d, flops));
-        drop(xt);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let xt = g.saved(x)?;
@@ -243,7 +242,6 @@ impl Graph<'_> {
         self.recomputable(y, &[x], move |g, inp, out| {
             g.per_chunk(ch, |g, r| batchnorm_apply(g.ctx, &g.view(&inp[0], set, c, r), &g.view(out, set, c, r), &rg, &rb, &rm, &ri, per * r.len(), c))
         });
-        drop((xt, yt));
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let xt = g.saved(x)?;
@@ -277,7 +275,6 @@ impl Graph<'_> {
             layernorm_forward(g.ctx, &xv, &gamma, &beta, &yv, &mv, &iv, per * r.len(), c, eps)
         })?;
         self.forward.extend(d);
-        drop(xt);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let xt = g.saved(x)?;
@@ -298,18 +295,19 @@ impl Graph<'_> {
     pub fn activation(&mut self, x: Var, act: Activation) -> Result<Var> {
         let RowOp { c, set, per, ch, y, xt, yt, .. } = self.row_op(x, &[]);
         let n = per * c;
-        let d = self.per_chunk(ch, |g, r| activation_forward(g.ctx, act, &g.view(&xt, set, c, r), &g.view(&yt, set, c, r), n * r.len()))?;
+        // The forward's dispatches, also the recomputation's.
+        let run = move |g: &Graph, xt: &GpuTensor, yt: &GpuTensor| {
+            g.per_chunk(ch, |g, r| activation_forward(g.ctx, act, &g.view(xt, set, c, r), &g.view(yt, set, c, r), n * r.len()))
+        };
+        let d = run(self, &xt, &yt)?;
         self.forward.extend(d);
-        drop((xt, yt));
         // The gradient reads the output where it can, so that the input (a BatchNorm's
         // output, a residual sum) need not be kept. The output is recomputed in the
         // backward when the input is kept or recomputed anyway; from a residual sum (kept
         // only for this) it is cheaper to keep the output.
         let from = if act.grad_from_output() { y } else { x };
         if !act.grad_from_output() || self.is_recomputed(x) {
-            self.recomputable(y, &[x], move |g, inp, out| {
-                g.per_chunk(ch, |g, r| activation_forward(g.ctx, act, &g.view(&inp[0], set, c, r), &g.view(out, set, c, r), n * r.len()))
-            });
+            self.recomputable(y, &[x], move |g, inp, out| run(g, &inp[0], out));
         }
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
@@ -360,7 +358,6 @@ impl Graph<'_> {
         let gt = self.params.tensor(gamma);
         let d = self.per_chunk(ch, |g, r| channel_scale_forward(g.ctx, &g.view(&xt, set, c, r), &gt, &g.view(&yt, set, c, r), per * r.len(), c))?;
         self.forward.extend(d);
-        drop(xt);
         self.on_backward(y, move |g| {
             let Some(dy) = g.grad_out(y) else { return Ok(()) };
             let xt = g.saved(x)?;

@@ -220,12 +220,14 @@ pub fn batchnorm_apply(
     c: usize,
 ) -> Result<Vec<Dispatch>> {
     // (eps is unused when the statistics come as invstd)
-    apply_pass("batchnorm_apply", x, y, [("gamma", gamma), ("beta", beta), ("save_mean", save_mean), ("save_invstd", save_invstd)], rows, c, None, ctx)
+    apply_pass(ctx, "batchnorm_apply", x, y, [("gamma", gamma), ("beta", beta), ("save_mean", save_mean), ("save_invstd", save_invstd)], rows, c, None)
 }
 
 /// The `batchnorm_apply` kernel over `[rows, c]` with `[gamma, beta, mean, stat]`: `stat`
 /// is the invstd, or (`from_var = Some(eps)`) the running variance.
+#[allow(clippy::too_many_arguments)]
 fn apply_pass(
+    ctx: &GpuContext,
     op: &str,
     x: &GpuTensor,
     y: &GpuTensor,
@@ -233,7 +235,6 @@ fn apply_pass(
     rows: usize,
     c: usize,
     from_var: Option<f32>,
-    ctx: &GpuContext,
 ) -> Result<Vec<Dispatch>> {
     check(op, "x", x, rows * c)?;
     check(op, "y", y, rows * c)?;
@@ -261,7 +262,7 @@ pub fn batchnorm_eval_forward(
     eps: f32,
 ) -> Result<Vec<Dispatch>> {
     let per_channel = [("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)];
-    apply_pass("batchnorm_eval_forward", x, y, per_channel, rows, c, Some(eps), ctx)
+    apply_pass(ctx, "batchnorm_eval_forward", x, y, per_channel, rows, c, Some(eps))
 }
 
 /// Training-mode backward with the statistics saved by [`batchnorm_train_forward`]:
